@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` runs the product once, `make test` tests it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint venv clean
+
+demo: $(STAMP)
+	$(BIN)/xsd demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+venv: $(STAMP)
+
+# torch is installed first and on its own so that pip takes the CPU wheel of the pinned
+# release instead of resolving a multi-gigabyte CUDA build. clip-anytorch is installed
+# without its dependencies: only its CLIP BPE vocabulary file is used, and its declared
+# torchvision dependency would pull a CUDA torch.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[inference,test]'
+	$(BIN)/pip install --quiet --no-deps clip-anytorch==2.6.0
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .xsd demo-output .pytest_cache

@@ -1,0 +1,1 @@
+"""Job lifecycle: Celery app, job records in Redis, billing, webhooks, reaper."""

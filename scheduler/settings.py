@@ -1,0 +1,131 @@
+"""Typed settings, read from ``XSD_*`` environment variables.
+
+Every knob an operator can turn lives here, once; the Helm chart's values map onto these
+names one to one. Secrets that have no value in the environment are generated on first use
+and kept under the data directory, so a single-machine install needs no configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "URL_TTL_SECONDS_DEFAULT"]
+
+URL_TTL_SECONDS_DEFAULT = 23 * 3600
+
+
+class Settings(BaseSettings):
+    """Operator configuration for every xsd process."""
+
+    model_config = SettingsConfigDict(env_prefix="XSD_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(Path(".xsd"), description="Embedded Redis files and local objects.")
+    redis_url: str | None = Field(
+        None, description="Broker, results and records; unset means an embedded redis-server."
+    )
+
+    storage: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_prefix: str = Field("", description="Key prefix inside the bucket.")
+
+    public_base_url: str | None = Field(
+        None, description="Base of pollUrl and of local signed file URLs."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    model_path: Path | None = Field(None, description="SDXL weights directory for xSD4.5.")
+    device: str | None = Field(None, description="torch device for GPU workers; auto when unset.")
+
+    url_ttl_seconds: int = Field(URL_TTL_SECONDS_DEFAULT, gt=0)
+    record_retention_seconds: int = Field(30 * 86400, gt=0)
+    job_timeout_seconds: int = Field(
+        1800, gt=0, description="A job not terminal this long after POST fails with provider_timeout."
+    )
+    lease_seconds: int = Field(
+        60, gt=0, description="How long a worker's claim on a job lives without a heartbeat."
+    )
+    idempotency_ttl_seconds: int = Field(86400, gt=0)
+
+    rate_limit_per_minute: int = Field(500, gt=0, description="POST /v1/generations per key.")
+    read_rate_limit_per_minute: int = Field(6000, gt=0, description="Every other call, per key.")
+    max_body_bytes: int = Field(1_000_000, gt=0)
+
+    allow_private_urls: bool = Field(
+        False, description="Lets webhook and reference URLs use http and private hosts: tests only."
+    )
+    reference_max_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    reference_timeout_seconds: float = Field(15.0, gt=0)
+    reference_max_pixels: int = Field(50_000_000, gt=0, description="Pixel-bomb guard.")
+
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_retry_seconds: int = Field(
+        26 * 3600, gt=0, description="How long failed deliveries are retried before giving up."
+    )
+    webhook_backoff_base_seconds: float = Field(5.0, gt=0)
+    webhook_backoff_max_seconds: float = Field(3600.0, gt=0)
+
+    tick_seconds: float = Field(5.0, gt=0, description="Period of the beat's reaper tick.")
+    broker_visibility_timeout: int = Field(
+        900, gt=0, description="Seconds before an unacked Celery message is redelivered."
+    )
+    moderation_blocklist: Path | None = Field(
+        None, description="Extra blocked terms, one per line, added to the built-in list."
+    )
+
+    api_key_pepper: SecretStr | None = None
+    url_signing_key: SecretStr | None = None
+
+    @property
+    def redis_dir(self) -> Path:
+        """Where the embedded redis-server keeps its files."""
+        return self.data_dir / "redis"
+
+    @property
+    def objects_dir(self) -> Path:
+        """Root of the local object store."""
+        return self.data_dir / "objects"
+
+    def base_url(self) -> str:
+        """Public base URL without a trailing slash."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    @cached_property
+    def pepper(self) -> bytes:
+        """Secret mixed into API-key hashes, so a Redis dump alone cannot verify keys."""
+        return self._secret(self.api_key_pepper, "api_key_pepper")
+
+    @cached_property
+    def signing_key(self) -> bytes:
+        """Secret that signs local-store file URLs."""
+        return self._secret(self.url_signing_key, "url_signing_key")
+
+    def _secret(self, configured: SecretStr | None, name: str) -> bytes:
+        if configured is not None:
+            return configured.get_secret_value().encode()
+        path = self.data_dir / "secrets" / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Written aside, then linked into place: when several processes start at once,
+            # exactly one secret wins and nobody reads a half-written file.
+            scratch = path.with_name(f".{name}.{secrets.token_hex(4)}")
+            scratch.write_text(secrets.token_hex(32), encoding="ascii")
+            scratch.chmod(0o600)
+            try:
+                os.link(scratch, path)
+            except FileExistsError:
+                pass
+            finally:
+                scratch.unlink()
+        return path.read_text(encoding="ascii").strip().encode()

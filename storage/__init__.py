@@ -1,0 +1,1 @@
+"""Object storage: local disk and S3 backends with signed, expiring URLs."""

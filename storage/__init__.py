@@ -1,1 +1,25 @@
 """Object storage: local disk and S3 backends with signed, expiring URLs."""
+
+from storage.base import ObjectStore
+from storage.errors import (
+    InvalidKey,
+    InvalidSignature,
+    ObjectNotFound,
+    StorageError,
+    UploadFailed,
+    URLExpired,
+)
+from storage.local import LocalStore
+from storage.s3 import S3Store
+
+__all__ = [
+    "ObjectStore",
+    "LocalStore",
+    "S3Store",
+    "StorageError",
+    "ObjectNotFound",
+    "UploadFailed",
+    "InvalidKey",
+    "InvalidSignature",
+    "URLExpired",
+]

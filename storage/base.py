@@ -1,0 +1,53 @@
+"""The object-store contract every backend implements, and the checks they share."""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol, runtime_checkable
+
+__all__ = ["ObjectStore", "validate_content_type"]
+
+# Printable ASCII only: the local backend replays the stored value as a response header, so
+# a CR or LF here would be a header injection.
+_CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """A flat namespace of immutable blobs addressed by validated keys (see ``storage.keys``).
+
+    Every method raises ``InvalidKey`` for a malformed key or prefix, and ``StorageError``
+    for a backend failure not named below.
+    """
+
+    def put(self, key: str, data: bytes, *, content_type: str) -> None:
+        """Store ``data`` under ``key``, replacing any previous object; ``UploadFailed`` if not."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """Return the object's bytes; ``ObjectNotFound`` if there is none."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; deleting a missing object is not an error."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with ``prefix``; return how many there were."""
+        ...
+
+    def signed_url(self, key: str, *, expires_at: int) -> str:
+        """Return a URL that serves the object without other credentials until ``expires_at``.
+
+        ``expires_at`` is absolute, in unix seconds.
+        """
+        ...
+
+
+def validate_content_type(content_type: str) -> str:
+    """Return ``content_type`` if it is 1-255 printable ASCII characters, else ``ValueError``."""
+    if not isinstance(content_type, str) or not _CONTENT_TYPE.fullmatch(content_type):
+        raise ValueError(
+            f"content_type must be 1 to 255 printable ASCII characters, got {content_type!r}."
+        )
+    return content_type

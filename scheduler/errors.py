@@ -4,6 +4,7 @@
 
     SchedulerError
     ├── AuthenticationFailed      no key, or a key that does not verify
+    ├── Forbidden                 a signed file URL that is forged or expired
     ├── NotFound                  no such record for this account
     ├── Conflict                  the record's state forbids the operation
     ├── InsufficientBalance       the account cannot pay for the request
@@ -22,6 +23,7 @@ from __future__ import annotations
 __all__ = [
     "SchedulerError",
     "AuthenticationFailed",
+    "Forbidden",
     "NotFound",
     "Conflict",
     "InsufficientBalance",
@@ -44,6 +46,10 @@ class SchedulerError(Exception):
 
 class AuthenticationFailed(SchedulerError):
     """The request carries no API key, or one that does not verify."""
+
+
+class Forbidden(SchedulerError):
+    """A signed file URL whose signature does not verify or whose time has passed."""
 
 
 class NotFound(SchedulerError):

@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     url_ttl_seconds: int = Field(URL_TTL_SECONDS_DEFAULT, gt=0)
     record_retention_seconds: int = Field(30 * 86400, gt=0)
     job_timeout_seconds: int = Field(
-        1800, gt=0, description="A job not terminal this long after POST fails with provider_timeout."
+        1800,
+        gt=0,
+        description="A job not terminal this long after POST fails with provider_timeout.",
     )
     lease_seconds: int = Field(
         60, gt=0, description="How long a worker's claim on a job lives without a heartbeat."

@@ -1,0 +1,163 @@
+"""A small typed client for the xSD 4.5 API, and the webhook verifier users import.
+
+::
+
+    from api_shim.client import XsdClient, verify_webhook
+
+    with XsdClient("https://xsd.internal", "xm_live_...") as client:
+        job = client.create_generation(endUserEmail="alice@your-product.com",
+                                       model="xSD4.5", prompt="A lighthouse at dawn")
+        done = client.wait(job["requestId"])
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from scheduler.signing import SignatureError, verify
+
+__all__ = ["XsdClient", "ApiError", "verify_webhook", "SignatureError", "TERMINAL_STATUSES"]
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "expired"})
+
+
+class ApiError(Exception):
+    """An error response, with the spec's ``code``, ``message`` and ``param``."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.param = status, code, message, param
+
+
+def verify_webhook(secret: str, body: bytes, headers: Any, *, now: float | None = None) -> None:
+    """Verify a delivery from its raw body and headers (any case-insensitive mapping);
+    raise :class:`SignatureError` unless it is authentic and at most five minutes old."""
+    lowered = {k.lower(): v for k, v in dict(headers).items()}
+    verify(
+        secret,
+        body,
+        signature=lowered.get("x-xmode-signature"),
+        timestamp=lowered.get("x-xmode-timestamp"),
+        now=now,
+    )
+
+
+class XsdClient:
+    """Synchronous client; use as a context manager or call :meth:`close`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def __enter__(self) -> XsdClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release connections."""
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        if response.is_error:
+            try:
+                error = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(response.status_code, "http_error", response.text[:200]) from None
+            raise ApiError(
+                response.status_code, error["code"], error["message"], error.get("param")
+            )
+        return response.json()
+
+    def create_generation(
+        self, *, idempotency_key: str | None = None, **body: Any
+    ) -> dict[str, Any]:
+        """POST /v1/generations with the spec's field names; returns the queued record."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        payload = {k: v for k, v in body.items() if v is not None}
+        return self._call("POST", "/v1/generations", json=payload, headers=headers)
+
+    def get_generation(self, request_id: str) -> dict[str, Any]:
+        """GET /v1/generations/:id."""
+        return self._call("GET", f"/v1/generations/{request_id}")
+
+    def list_generations(
+        self, *, end_user_email: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of records, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if end_user_email:
+            params["endUserEmail"] = end_user_email
+        if cursor:
+            params["cursor"] = cursor
+        return self._call("GET", "/v1/generations", params=params)
+
+    def cancel_generation(self, request_id: str) -> dict[str, Any]:
+        """Cancel a queued generation."""
+        return self._call("POST", f"/v1/generations/{request_id}/cancel")
+
+    def delete_generation(self, request_id: str) -> dict[str, Any]:
+        """Delete a generation and its images."""
+        return self._call("DELETE", f"/v1/generations/{request_id}")
+
+    def account(self) -> dict[str, Any]:
+        """The account and its balance."""
+        return self._call("GET", "/v1/account")
+
+    def wait(
+        self,
+        request_id: str,
+        *,
+        interval: float = 5.0,
+        timeout: float = 900.0,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the generation is terminal (the spec recommends every 5 s)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.get_generation(request_id)
+            if on_update:
+                on_update(record)
+            if record["status"] in TERMINAL_STATUSES:
+                return record
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{request_id} is still {record['status']} after {timeout:.0f} s."
+                )
+            time.sleep(interval)
+
+    def download(self, image: dict[str, Any], path: Path) -> Path:
+        """Save one image item (``url`` or ``b64Json``) to ``path``."""
+        if "b64Json" in image:
+            import base64
+
+            path.write_bytes(base64.b64decode(image["b64Json"]))
+            return path
+        if "url" not in image:
+            raise ApiError(
+                200, image.get("error", {}).get("code", "storage_failed"), "No image data."
+            )
+        with httpx.stream("GET", image["url"], timeout=60.0) as response:
+            response.raise_for_status()
+            with path.open("wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+        return path

@@ -1,0 +1,90 @@
+"""The Celery application: queues, routing and reliability settings.
+
+Queues: ``cpu`` (prepare, webhooks, the reaper tick) and one GPU queue per model and size
+class, ``gpu.<model>.<2k|4k>``, so operators can give 4K work its own (larger) GPUs and
+scale each queue on its own length. Tasks are sent by name, so the API process never
+imports the worker code (or torch).
+"""
+
+from __future__ import annotations
+
+import re
+
+from celery import Celery
+
+from .settings import Settings
+
+__all__ = [
+    "app",
+    "CPU_QUEUE",
+    "SIZE_CLASSES",
+    "configure",
+    "gpu_queue",
+    "gpu_queues",
+    "send_prepare",
+    "send_generate",
+    "send_webhook",
+]
+
+CPU_QUEUE = "cpu"
+SIZE_CLASSES = ("2k", "4k")
+
+app = Celery("xsd", include=["scheduler.tasks"])
+
+
+def _slug(alias: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "", alias.lower())
+
+
+def gpu_queue(model: str, size_class: str) -> str:
+    """The GPU queue for a model alias and a size class."""
+    return f"gpu.{_slug(model)}.{size_class}"
+
+
+def gpu_queues(models: list[str]) -> list[str]:
+    """Every GPU queue of these models."""
+    return [gpu_queue(model, size) for model in models for size in SIZE_CLASSES]
+
+
+def configure(settings: Settings, redis_url: str) -> Celery:
+    """Point the app at the broker and set the reliability options."""
+    app.conf.update(
+        broker_url=redis_url,
+        broker_connection_retry_on_startup=True,
+        # Messages are acknowledged after the task body returns, so a worker that dies
+        # mid-job leaves its message to be redelivered after the visibility timeout;
+        # execution is idempotent (claims carry attempt numbers).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        task_ignore_result=True,
+        task_default_queue=CPU_QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        beat_schedule={
+            "tick": {
+                "task": "xsd.tick",
+                "schedule": settings.tick_seconds,
+                "options": {"queue": CPU_QUEUE, "expires": settings.tick_seconds * 4},
+            }
+        },
+    )
+    return app
+
+
+def send_prepare(job_id: str) -> None:
+    """Queue the CPU-side preparation of a job."""
+    app.send_task("xsd.prepare", args=[job_id], queue=CPU_QUEUE)
+
+
+def send_generate(job_id: str, queue: str, *, countdown: float | None = None) -> None:
+    """Queue a job for a GPU worker."""
+    app.send_task("xsd.generate", args=[job_id], queue=queue, countdown=countdown)
+
+
+def send_webhook(job_id: str) -> None:
+    """Queue a webhook delivery attempt."""
+    app.send_task("xsd.webhook", args=[job_id], queue=CPU_QUEUE)

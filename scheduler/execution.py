@@ -1,0 +1,170 @@
+"""The generate stage (GPU queue): claim, run the pipeline, store the images, finish.
+
+A job is claimed with a lease that a background thread renews while the pipeline runs. A
+redelivered message (the first worker died) finds the lease expired and takes the job over
+with a new attempt number; the first worker, should it come back, can no longer finish it.
+A redelivery that finds the lease alive (the first worker is only slow) is put back on the
+queue until the lease ends or the job finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from PIL import Image
+
+from pipeline import (
+    GenerationRequest,
+    Generator,
+    InvalidInput,
+    PipelineError,
+    decode_image,
+    derive_seed,
+    encode_png,
+    load_generator,
+)
+from storage import StorageError
+
+from .celery_app import gpu_queue, send_generate
+from .jobs import JobStore
+from .lifecycle import delete_objects, fail_job, succeed_job
+from .objects import image_key
+from .records import ImageResult, JobRecord
+from .runtime import Runtime
+from .sizes import size_class
+from .states import JobErrorCode
+
+__all__ = ["generate", "generator_for", "LeaseKeeper", "store_images"]
+
+log = logging.getLogger(__name__)
+
+_generators: dict[str, Generator] = {}
+_generators_lock = threading.Lock()
+
+
+def generator_for(runtime: Runtime, alias: str) -> Generator:
+    """The loaded pipeline for a model alias, loaded once per process."""
+    with _generators_lock:
+        if alias not in _generators:
+            spec = runtime.registry.get(alias)
+            log.info("loading model %s (%s)", alias, spec.source)
+            _generators[alias] = load_generator(spec, device=runtime.settings.device)
+        return _generators[alias]
+
+
+class LeaseKeeper:
+    """Renews a job's lease in the background while the block runs."""
+
+    def __init__(self, jobs: JobStore, job_id: str, attempt: int, *, lease_ms: int) -> None:
+        self._jobs, self._job_id, self._attempt, self._lease_ms = jobs, job_id, attempt, lease_ms
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+        self.lost = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._lease_ms / 3000):
+            try:
+                if not self._jobs.renew(self._job_id, self._attempt, lease_ms=self._lease_ms):
+                    self.lost = True
+                    log.warning("lost the lease on %s (attempt %d)", self._job_id, self._attempt)
+                    return
+            except Exception:  # a Redis blip: the next beat retries before the lease ends
+                log.warning("could not renew the lease on %s", self._job_id, exc_info=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _request_for(runtime: Runtime, record: JobRecord) -> GenerationRequest:
+    assert record.width is not None and record.height is not None
+    references = tuple(
+        decode_image(runtime.store.get(key), max_pixels=runtime.settings.reference_max_pixels)
+        for key in record.reference_keys
+    )
+    return GenerationRequest(
+        request_id=record.id,
+        model=record.model,
+        prompt=record.prompt,
+        width=record.width,
+        height=record.height,
+        seeds=tuple(derive_seed(record.seed, i) for i in range(record.image_count)),
+        guidance_scale=record.guidance_scale,
+        watermark=record.watermark,
+        references=references,
+        sequential=record.sequential,
+    )
+
+
+def store_images(
+    runtime: Runtime, record: JobRecord, images: Sequence[Image.Image]
+) -> list[ImageResult]:
+    """Encode and upload each image; one that cannot be stored becomes ``storage_failed``
+    (and is refunded) without failing the others."""
+    provenance = {
+        "Software": "xSD worker pool",
+        "xsd:model": record.model,
+        "xsd:requestId": record.id,
+    }
+    results = []
+    for index, image in enumerate(images):
+        key = image_key(record.account, record.id, index)
+        try:
+            runtime.store.put(key, encode_png(image, text=provenance), content_type="image/png")
+        except StorageError:
+            log.exception("could not store image %d of %s", index, record.id)
+            results.append(ImageResult(index=index, error="storage_failed"))
+        else:
+            results.append(ImageResult(index=index, key=key))
+    return results
+
+
+def generate(runtime: Runtime, job_id: str) -> None:
+    """Run one job on this worker."""
+    lease_ms = runtime.settings.lease_seconds * 1000
+    claim = runtime.jobs.claim(job_id, lease_ms=lease_ms)
+    if claim.outcome == "busy":
+        record = runtime.jobs.get(job_id)
+        if record is not None and record.width and record.height:
+            wait = max(1.0, (claim.lease_until_ms - runtime.jobs.now_ms()) / 1000 + 1)
+            send_generate(
+                job_id,
+                gpu_queue(record.model, size_class(record.width, record.height)),
+                countdown=wait,
+            )
+        return
+    if claim.outcome != "claimed":
+        return
+    record = runtime.jobs.get(job_id)
+    if record is None:
+        return
+    with LeaseKeeper(runtime.jobs, job_id, claim.attempt, lease_ms=lease_ms):
+        try:
+            images = generator_for(runtime, record.model).generate(_request_for(runtime, record))
+        except InvalidInput as exc:
+            fail_job(
+                runtime, record, JobErrorCode.VALIDATION_ERROR, str(exc), attempt=claim.attempt
+            )
+            return
+        except (PipelineError, StorageError, RuntimeError) as exc:
+            log.exception("generation of %s failed", job_id)
+            fail_job(
+                runtime,
+                record,
+                JobErrorCode.PROVIDER_ERROR,
+                f"The model could not generate the images ({type(exc).__name__}); the request "
+                "was refunded.",
+                attempt=claim.attempt,
+            )
+            return
+        results = store_images(runtime, record, images)
+    finish = succeed_job(runtime, record, claim.attempt, results)
+    if finish.outcome == "gone":
+        # Deleted while we ran: nothing may keep what we just uploaded.
+        delete_objects(runtime, record)

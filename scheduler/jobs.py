@@ -1,0 +1,366 @@
+"""Job records in Redis: accept, claim, lease, finish, delete, list.
+
+Every status change takes its allowed source states from :mod:`scheduler.states`, and each
+is one Lua script, so a change and its refund happen together or not at all. A worker
+proves it still owns a job with the attempt number it got when it claimed it: a worker that
+lost its lease can no longer finish the job, so a redelivered job completes (and refunds)
+at most once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from . import keys
+from .errors import Conflict, InsufficientBalance, InvalidRequest, NotFound
+from .records import PRICE_PER_IMAGE, ImageResult, JobRecord
+from .scripts import Scripts
+from .states import JobErrorCode, JobStatus, check_transition, sources_of
+
+__all__ = ["Claim", "Finish", "JobStore", "ACTIVE_STATUSES"]
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.PROCESSING)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Outcome of a claim: ``claimed`` (with the attempt), ``busy`` (another worker holds a
+    live lease until ``lease_until_ms``), ``terminal`` or ``gone``."""
+
+    outcome: str
+    attempt: int = 0
+    lease_until_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Outcome of a terminal transition: ``ok`` (with the refund), ``stale`` (the job had
+    moved on or belongs to another attempt) or ``gone`` (deleted)."""
+
+    outcome: str
+    refund: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when this call made the transition."""
+        return self.outcome == "ok"
+
+
+def _joined(statuses: Iterable[JobStatus]) -> str:
+    return ",".join(s.value for s in statuses)
+
+
+def _allowed_sources(target: JobStatus, only: Sequence[JobStatus] | None) -> str:
+    """The source states for ``target``: all the state machine allows, or the subset
+    ``only`` after checking each one against it."""
+    if only is None:
+        return _joined(sources_of(target))
+    for source in only:
+        check_transition(source, target)
+    return _joined(only)
+
+
+def _flatten(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
+
+
+class JobStore:
+    """Reads and atomic changes of job records."""
+
+    def __init__(self, client: redis.Redis, *, clock=time.time) -> None:
+        self._redis = client
+        self._scripts = Scripts(client)
+        self._clock = clock
+
+    def now_ms(self) -> int:
+        """The store's clock, in epoch milliseconds."""
+        return int(self._clock() * 1000)
+
+    # -- creation --------------------------------------------------------------------
+
+    def accept(
+        self,
+        record: JobRecord,
+        *,
+        deadline_ms: int,
+        purge_ms: int,
+        idempotency_digest: str | None,
+        fingerprint: str | None,
+        idempotency_ttl: int,
+    ) -> tuple[str, bool]:
+        """Debit the account and store the queued record, atomically.
+
+        Returns ``(job_id, replayed)``: with an Idempotency-Key seen before for the same
+        request, the earlier job's id and True, and nothing is debited.
+        """
+        idem_key = keys.idempotency(record.account, idempotency_digest or "-")
+        outcome, detail = self._scripts.accept(
+            keys=[
+                keys.account(record.account),
+                keys.job(record.id),
+                idem_key,
+                keys.user_jobs(record.account, record.email),
+                keys.account_jobs(record.account),
+                keys.ACTIVE,
+                keys.PURGE,
+                keys.usage(record.account, record.email),
+            ],
+            args=[
+                record.id,
+                record.charged,
+                fingerprint if idempotency_digest else "",
+                idempotency_ttl,
+                record.created_ms,
+                deadline_ms,
+                purge_ms,
+                *_flatten(record.initial_hash()),
+            ],
+        )
+        if outcome == "accepted":
+            return detail, False
+        if outcome == "replay":
+            return detail, True
+        if outcome == "conflict":
+            raise Conflict(
+                "This Idempotency-Key was already used with a different request body "
+                f"(it created {detail}); use a new key for a new request.",
+                param="Idempotency-Key",
+            )
+        if outcome == "insufficient":
+            balance = int(detail)
+            raise InsufficientBalance(
+                f"This request costs {record.charged} xTokens and the account's balance is "
+                f"{balance}.",
+                balance=balance,
+                cost=record.charged,
+            )
+        raise NotFound(f"The account {record.account!r} does not exist.")
+
+    # -- reads -----------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The record, or None when there is none."""
+        data = self._redis.hgetall(keys.job(job_id))
+        return JobRecord.from_hash(data) if data else None
+
+    def get_owned(self, account: str, job_id: str) -> JobRecord:
+        """The record if it belongs to ``account``; another account's reads as absent."""
+        record = self.get(job_id) if job_id.startswith("req_") else None
+        if record is None or record.account != account:
+            raise NotFound(f"No generation {job_id!r} exists for this account.", param="id")
+        return record
+
+    def list_ids(
+        self, account: str, email: str | None, *, limit: int, cursor: str | None
+    ) -> tuple[list[str], str | None]:
+        """A page of job ids, newest first, and the cursor of the next page (None at the
+        end). The cursor is the last item's (score, id), so pages stay stable while new
+        jobs arrive."""
+        index = keys.user_jobs(account, email) if email else keys.account_jobs(account)
+        max_score: float | str = "+inf"
+        after_id: str | None = None
+        if cursor:
+            max_score, after_id = _decode_cursor(cursor)
+        ids: list[str] = []
+        last: tuple[float, str] | None = None
+        offset = 0
+        while len(ids) < limit + 1:
+            batch = self._redis.zrevrangebyscore(
+                index, max_score, "-inf", start=offset, num=limit + 1, withscores=True
+            )
+            if not batch:
+                break
+            offset += len(batch)
+            for member, score in batch:
+                # Equal scores come in descending member order: skip up to the cursor's id.
+                if after_id is not None and score == max_score and member >= after_id:
+                    continue
+                ids.append(member)
+                if len(ids) <= limit:
+                    last = (score, member)
+        if len(ids) > limit and last is not None:
+            return ids[:limit], _encode_cursor(*last)
+        return ids, None
+
+    def usage(self, account: str, email: str) -> dict[str, int]:
+        """An end user's counters."""
+        raw = self._redis.hgetall(keys.usage(account, email))
+        return {name: int(value) for name, value in raw.items()}
+
+    def due(self, zset: str, *, now_ms: int, limit: int = 200) -> list[str]:
+        """Members of a time-scored set whose time has come."""
+        return list(self._redis.zrangebyscore(zset, "-inf", now_ms, start=0, num=limit))
+
+    def take_due(self, zset: str, job_id: str) -> bool:
+        """Remove one due member; True for exactly one of several concurrent callers."""
+        return bool(self._redis.zrem(zset, job_id))
+
+    def schedule(self, zset: str, job_id: str, at_ms: int) -> None:
+        """(Re)schedule a member at a time."""
+        self._redis.zadd(zset, {job_id: at_ms})
+
+    # -- worker side -----------------------------------------------------------------
+
+    def claim(self, job_id: str, *, lease_ms: int) -> Claim:
+        """Claim a job for processing; see :class:`Claim`."""
+        outcome, detail = self._scripts.claim(
+            keys=[keys.job(job_id)],
+            args=[self.now_ms(), lease_ms, _allowed_sources(JobStatus.PROCESSING, None)],
+        )
+        if outcome == "claimed":
+            return Claim(outcome, attempt=int(detail))
+        if outcome == "busy":
+            return Claim(outcome, lease_until_ms=int(detail))
+        return Claim(outcome)
+
+    def renew(self, job_id: str, attempt: int, *, lease_ms: int) -> bool:
+        """Extend the lease of a job this attempt still owns."""
+        return bool(
+            self._scripts.renew(
+                keys=[keys.job(job_id)],
+                args=[
+                    JobStatus.PROCESSING.value,
+                    attempt,
+                    "lease_until_ms",
+                    self.now_ms() + lease_ms,
+                ],
+            )
+        )
+
+    def update_queued(self, job_id: str, fields: dict[str, str]) -> bool:
+        """Set fields on a job that is still queued (prepare-stage results)."""
+        return bool(
+            self._scripts.renew(
+                keys=[keys.job(job_id)], args=[JobStatus.QUEUED.value, "", *_flatten(fields)]
+            )
+        )
+
+    def succeed(
+        self,
+        record: JobRecord,
+        attempt: int,
+        images: Sequence[ImageResult],
+        *,
+        webhook_at_ms: int | None,
+    ) -> Finish:
+        """processing -> succeeded; images that could not be stored are refunded."""
+        delivered = sum(1 for image in images if image.key is not None)
+        fields = {"images": json.dumps([image.to_json() for image in images])}
+        return self._finish(
+            record,
+            target=JobStatus.SUCCEEDED,
+            only=None,
+            attempt=attempt,
+            cost=PRICE_PER_IMAGE * delivered,
+            delivered=delivered,
+            webhook_at_ms=webhook_at_ms,
+            policy_violation=False,
+            fields=fields,
+        )
+
+    def fail(
+        self,
+        record: JobRecord,
+        code: JobErrorCode,
+        message: str,
+        *,
+        attempt: int | None = None,
+        only: Sequence[JobStatus] | None = None,
+        webhook_at_ms: int | None,
+    ) -> Finish:
+        """-> failed with ``{code, message}`` and a refund of everything still charged.
+        ``attempt`` restricts the change to the worker that owns the job; ``only``
+        restricts the source states (cancel takes queued jobs only)."""
+        error = json.dumps({"code": code.value, "message": message})
+        return self._finish(
+            record,
+            target=JobStatus.FAILED,
+            only=only,
+            attempt=attempt,
+            cost=0,
+            delivered=0,
+            webhook_at_ms=webhook_at_ms,
+            policy_violation=code is JobErrorCode.CONTENT_POLICY,
+            fields={"error": error},
+        )
+
+    def _finish(
+        self,
+        record: JobRecord,
+        *,
+        target: JobStatus,
+        only: Sequence[JobStatus] | None,
+        attempt: int | None,
+        cost: int,
+        delivered: int,
+        webhook_at_ms: int | None,
+        policy_violation: bool,
+        fields: dict[str, str],
+    ) -> Finish:
+        outcome, detail = self._scripts.finish(
+            keys=[
+                keys.job(record.id),
+                keys.account(record.account),
+                keys.ACTIVE,
+                keys.usage(record.account, record.email),
+                keys.WEBHOOKS_DUE,
+            ],
+            args=[
+                _allowed_sources(target, only),
+                "" if attempt is None else attempt,
+                self.now_ms(),
+                target.value,
+                cost,
+                delivered,
+                "" if webhook_at_ms is None or not record.webhook_url else webhook_at_ms,
+                int(policy_violation),
+                *_flatten(fields),
+            ],
+        )
+        return Finish(outcome, refund=int(detail) if outcome == "ok" else 0)
+
+    def set_webhook_state(self, job_id: str, *, attempts: int, state: str) -> None:
+        """Record the webhook's delivery progress (not part of the public record)."""
+        self._redis.hset(
+            keys.job(job_id), mapping={"webhook_attempts": attempts, "webhook_state": state}
+        )
+
+    # -- removal ---------------------------------------------------------------------
+
+    def delete(self, record: JobRecord) -> int:
+        """Delete the record and its index entries; returns the refund (non-zero only for a
+        job that was not terminal yet)."""
+        outcome, detail = self._scripts.delete(
+            keys=[
+                keys.job(record.id),
+                keys.account(record.account),
+                keys.user_jobs(record.account, record.email),
+                keys.account_jobs(record.account),
+                keys.ACTIVE,
+                keys.PURGE,
+                keys.usage(record.account, record.email),
+                keys.WEBHOOKS_DUE,
+            ],
+            args=[record.id, _joined(ACTIVE_STATUSES)],
+        )
+        return int(detail) if outcome == "deleted" else 0
+
+
+def _encode_cursor(score: float, job_id: str) -> str:
+    raw = f"{int(score)}:{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, job_id = raw.split(":", 1)
+        return float(int(score)), job_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("The cursor is not one this API returned.", param="cursor") from exc

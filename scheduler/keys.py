@@ -1,0 +1,76 @@
+"""Every Redis key the scheduler uses, named in one place.
+
+All keys share the ``xsd:`` prefix so an operator can tell them apart from Celery's own
+(``_kombu.*``, queue lists) in a shared Redis.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "account",
+    "api_key",
+    "job",
+    "user_jobs",
+    "account_jobs",
+    "usage",
+    "idempotency",
+    "rate_window",
+    "webhook_lock",
+    "ACTIVE",
+    "PURGE",
+    "WEBHOOKS_DUE",
+]
+
+_P = "xsd:"
+
+# Non-terminal jobs scored by their deadline (ms): the reaper fails what is overdue.
+ACTIVE = _P + "active"
+# Every job scored by the time (ms) its record and objects are purged.
+PURGE = _P + "purge"
+# Jobs whose webhook is due, scored by the next attempt time (ms).
+WEBHOOKS_DUE = _P + "webhooks:due"
+
+
+def account(name: str) -> str:
+    """Hash: balance, webhook secret, creation time."""
+    return f"{_P}acct:{name}"
+
+
+def api_key(key_id: str) -> str:
+    """Hash: the owning account and the peppered digest of the whole key."""
+    return f"{_P}key:{key_id}"
+
+
+def job(job_id: str) -> str:
+    """Hash: one generation's record."""
+    return f"{_P}job:{job_id}"
+
+
+def user_jobs(account_name: str, email: str) -> str:
+    """Sorted set of an end user's job ids, scored by creation time (ms)."""
+    return f"{_P}user:{account_name}:{email}"
+
+
+def account_jobs(account_name: str) -> str:
+    """Sorted set of an account's job ids, scored by creation time (ms)."""
+    return f"{_P}acctjobs:{account_name}"
+
+
+def usage(account_name: str, email: str) -> str:
+    """Hash of an end user's counters (requests, images, xTokens, policy violations)."""
+    return f"{_P}usage:{account_name}:{email}"
+
+
+def idempotency(account_name: str, key_digest: str) -> str:
+    """String ``<fingerprint>|<job id>`` for an Idempotency-Key, with a TTL."""
+    return f"{_P}idem:{account_name}:{key_digest}"
+
+
+def rate_window(bucket: str, window: int) -> str:
+    """Counter of calls in one fixed window of the sliding-window rate limiter."""
+    return f"{_P}rl:{bucket}:{window}"
+
+
+def webhook_lock(job_id: str) -> str:
+    """Short-lived lock held while one worker delivers a job's webhook."""
+    return f"{_P}whlock:{job_id}"

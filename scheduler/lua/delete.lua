@@ -1,0 +1,21 @@
+-- Delete a job's record and index entries; a job not yet terminal is refunded first.
+-- KEYS: 1 job, 2 account, 3 user index, 4 account index, 5 active set, 6 purge set,
+--       7 usage hash, 8 webhooks-due set
+-- ARGV: 1 job id, 2 non-terminal statuses (comma separated)
+-- Returns {deleted, refund} | {gone, ''}
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'gone', ''} end
+local refund = 0
+if string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then
+  local charged = tonumber(redis.call('HGET', KEYS[1], 'charged'))
+  local refunded = tonumber(redis.call('HGET', KEYS[1], 'refunded') or '0')
+  refund = charged - refunded
+  if refund > 0 then
+    redis.call('HINCRBY', KEYS[2], 'balance', refund)
+    redis.call('HINCRBY', KEYS[7], 'refunded', refund)
+  end
+end
+redis.call('DEL', KEYS[1])
+for i = 3, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+redis.call('ZREM', KEYS[8], ARGV[1])
+return {'deleted', tostring(refund)}

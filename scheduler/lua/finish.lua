@@ -1,0 +1,37 @@
+-- Finish a job: move it to a terminal status and refund what was not delivered, once.
+-- Success refunds the images that were not stored; failure refunds everything left.
+-- KEYS: 1 job, 2 account, 3 active set, 4 usage hash, 5 webhooks-due set
+-- ARGV: 1 allowed source statuses (comma separated), 2 expected attempt ('' = any),
+--       3 now (ms), 4 target status, 5 net cost in xTokens (ignored on failure),
+--       6 delivered images, 7 webhook first-attempt time (ms, '' = no webhook),
+--       8 policy violation (0/1), 9.. field/value pairs to set
+-- Returns {ok, refund} | {stale, status} | {gone, ''}
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'gone', ''} end
+if not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then
+  return {'stale', status}
+end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then
+  return {'stale', status}
+end
+local charged = tonumber(redis.call('HGET', KEYS[1], 'charged'))
+local refunded = tonumber(redis.call('HGET', KEYS[1], 'refunded') or '0')
+local cost = 0
+if ARGV[4] == 'succeeded' then cost = tonumber(ARGV[5]) end
+local refund = charged - refunded - cost
+if refund < 0 then refund = 0 end
+if refund > 0 then
+  redis.call('HINCRBY', KEYS[2], 'balance', refund)
+  redis.call('HINCRBY', KEYS[1], 'refunded', refund)
+  redis.call('HINCRBY', KEYS[4], 'refunded', refund)
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_ms', ARGV[3], 'cost', cost,
+  unpack(ARGV, 9))
+redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
+redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
+redis.call('HINCRBY', KEYS[4], 'images', tonumber(ARGV[6]))
+redis.call('HINCRBY', KEYS[4], 'policy_violations', tonumber(ARGV[8]))
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[5], ARGV[7], redis.call('HGET', KEYS[1], 'id'))
+end
+return {'ok', tostring(refund)}

@@ -1,0 +1,138 @@
+"""The prepare stage (CPU queue): moderation, reference fetching, final size, routing.
+
+Runs before any GPU time is spent. References are fetched through the SSRF guard, decoded
+with the pixel-bomb guard, normalised to PNG and kept in the object store, where the GPU
+worker reads them; a reference that cannot be used fails the job with a refund.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from PIL import Image
+
+from pipeline import InvalidImage, decode_image, encode_png
+from storage import StorageError
+
+from .celery_app import gpu_queue, send_generate
+from .errors import FetchFailed, UnsafeURL
+from .lifecycle import delete_objects, fail_job
+from .netguard import fetch
+from .objects import reference_key
+from .records import JobRecord
+from .runtime import Runtime
+from .sizes import AspectRatio, parse_size, resolve, size_class
+from .states import JobErrorCode, JobStatus
+
+__all__ = ["prepare", "REFERENCE_MAX_SIDE"]
+
+log = logging.getLogger(__name__)
+
+# References condition the model through a 224-pixel image encoder: keeping more than this
+# only costs storage and transfer.
+REFERENCE_MAX_SIDE = 1024
+_FETCH_THREADS = 4
+
+
+class _ReferenceError(Exception):
+    """A reference that cannot be used; the message is shown to the client."""
+
+
+def _load_reference(runtime: Runtime, index: int, url: str) -> Image.Image:
+    settings = runtime.settings
+    try:
+        fetched = fetch(
+            url,
+            runtime.net_policy,
+            max_bytes=settings.reference_max_bytes,
+            timeout=settings.reference_timeout_seconds,
+        )
+        image = decode_image(fetched.data, max_pixels=settings.reference_max_pixels)
+    except (UnsafeURL, FetchFailed, InvalidImage) as exc:
+        raise _ReferenceError(f"Reference {index + 1} ({url}) could not be used: {exc}") from exc
+    image.thumbnail((REFERENCE_MAX_SIDE, REFERENCE_MAX_SIDE), Image.Resampling.LANCZOS)
+    return image
+
+
+def prepare(runtime: Runtime, job_id: str) -> None:
+    """Prepare one job and hand it to its GPU queue."""
+    record = runtime.jobs.get(job_id)
+    if record is None or record.status is not JobStatus.QUEUED:
+        return
+    verdict = runtime.moderator.check(record.prompt)
+    if not verdict.allowed:
+        fail_job(
+            runtime,
+            record,
+            JobErrorCode.CONTENT_POLICY,
+            "The prompt was refused by the content policy.",
+            only=(JobStatus.QUEUED,),
+        )
+        return
+    try:
+        references = _fetch_all(runtime, record)
+        keys = _store_references(runtime, record, references)
+    except _ReferenceError as exc:
+        fail_job(runtime, record, JobErrorCode.VALIDATION_ERROR, str(exc), only=(JobStatus.QUEUED,))
+        return
+    except StorageError:
+        log.exception("Could not store the references of %s.", job_id)
+        fail_job(
+            runtime,
+            record,
+            JobErrorCode.INTERNAL_ERROR,
+            "The references could not be stored; the request was refunded.",
+            only=(JobStatus.QUEUED,),
+        )
+        return
+    width, height = _final_size(record, references)
+    updated = dict(record.input, width=width, height=height)
+    fields = {
+        "reference_keys": json.dumps(keys),
+        "width": str(width),
+        "height": str(height),
+        "input": json.dumps(updated, separators=(",", ":")),
+    }
+    if not runtime.jobs.update_queued(job_id, fields):
+        # Cancelled or deleted while we fetched: nothing will use the references.
+        delete_objects(runtime, record)
+        return
+    send_generate(job_id, gpu_queue(record.model, size_class(width, height)))
+
+
+def _fetch_all(runtime: Runtime, record: JobRecord) -> list[Image.Image]:
+    if not record.references:
+        return []
+    with ThreadPoolExecutor(max_workers=_FETCH_THREADS) as pool:
+        futures = [
+            pool.submit(_load_reference, runtime, index, url)
+            for index, url in enumerate(record.references)
+        ]
+        return [future.result() for future in futures]
+
+
+def _store_references(
+    runtime: Runtime, record: JobRecord, references: list[Image.Image]
+) -> list[str]:
+    keys = []
+    for index, image in enumerate(references):
+        key = reference_key(record.account, record.id, index)
+        runtime.store.put(key, encode_png(image, text={}), content_type="image/png")
+        keys.append(key)
+    return keys
+
+
+def _final_size(record: JobRecord, references: list[Image.Image]) -> tuple[int, int]:
+    if record.width is not None and record.height is not None:
+        return record.width, record.height
+    first = references[0] if references else None
+    resolved = resolve(
+        parse_size(record.input["size"]),
+        AspectRatio(record.input["aspectRatio"]),
+        has_references=bool(references),
+        reference_aspect=first.width / first.height if first else None,
+    )
+    assert resolved is not None
+    return resolved

@@ -1,0 +1,117 @@
+"""The per-process runtime: settings, Redis connection and the stores built on it.
+
+Each xsd process (API, worker, beat) builds one :class:`Runtime` at start; Celery task
+bodies reach it through :func:`current`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+
+from pipeline import ModelRegistry
+from storage import ObjectStore
+
+from .accounts import Accounts
+from .celery_app import configure
+from .embedded_redis import find_running
+from .jobs import JobStore
+from .moderation import Moderator
+from .netguard import NetPolicy
+from .objects import make_store
+from .ratelimit import RateLimiter
+from .settings import Settings
+
+__all__ = ["Runtime", "resolve_redis_url", "init", "current"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_redis_url(settings: Settings) -> str:
+    """``XSD_REDIS_URL``, else the embedded server running under the data directory."""
+    if settings.redis_url:
+        return settings.redis_url
+    running = find_running(settings.redis_dir)
+    if running is None:
+        raise RuntimeError(
+            "No Redis to talk to: set XSD_REDIS_URL, or start everything with `xsd up`."
+        )
+    return running
+
+
+@dataclass
+class Runtime:
+    """Everything a process needs to serve or run jobs."""
+
+    settings: Settings
+    redis_url: str
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        """Shared, thread-safe connection pool (strings decoded)."""
+        return redis.Redis.from_url(self.redis_url, decode_responses=True, health_check_interval=30)
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        """Job records."""
+        return JobStore(self.redis)
+
+    @cached_property
+    def accounts(self) -> Accounts:
+        """Accounts and keys."""
+        return Accounts(self.redis, pepper=self.settings.pepper)
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        """Per-key rate limits."""
+        return RateLimiter(self.redis)
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        """The object store."""
+        return make_store(self.settings)
+
+    @cached_property
+    def registry(self) -> ModelRegistry:
+        """Model aliases."""
+        return ModelRegistry.from_config(self.settings.model_path)
+
+    @cached_property
+    def moderator(self) -> Moderator:
+        """Prompt checks."""
+        return Moderator(self.settings.moderation_blocklist)
+
+    @cached_property
+    def net_policy(self) -> NetPolicy:
+        """What outbound URLs may reach."""
+        if self.settings.allow_private_urls:
+            log.warning(
+                "XSD_ALLOW_PRIVATE_URLS=1: webhooks and references may reach http and private "
+                "addresses. Never run a public deployment like this."
+            )
+        return NetPolicy(allow_private=self.settings.allow_private_urls)
+
+    def url_ttl_ms(self) -> int:
+        """Lifetime of signed URLs, in milliseconds."""
+        return self.settings.url_ttl_seconds * 1000
+
+
+_current: Runtime | None = None
+
+
+def init(settings: Settings | None = None) -> Runtime:
+    """Build this process's runtime and point Celery at its broker."""
+    global _current
+    settings = settings or Settings()
+    runtime = Runtime(settings=settings, redis_url=resolve_redis_url(settings))
+    configure(settings, runtime.redis_url)
+    _current = runtime
+    return runtime
+
+
+def current() -> Runtime:
+    """This process's runtime, built from the environment on first use."""
+    return _current or init()

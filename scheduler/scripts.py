@@ -1,0 +1,32 @@
+"""The Lua scripts under ``scheduler/lua``, registered on a Redis client.
+
+Every change that must be atomic (debit with record creation, a status change with its
+refund) is one script, so no crash between two commands can charge twice or lose a refund.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+import redis
+from redis.commands.core import Script
+
+__all__ = ["Scripts"]
+
+
+@cache
+def _source(name: str) -> str:
+    return resources.files("scheduler").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+class Scripts:
+    """Registered scripts, one attribute each."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.accept: Script = client.register_script(_source("accept"))
+        self.claim: Script = client.register_script(_source("claim"))
+        self.renew: Script = client.register_script(_source("renew"))
+        self.finish: Script = client.register_script(_source("finish"))
+        self.delete: Script = client.register_script(_source("delete"))
+        self.ratelimit: Script = client.register_script(_source("ratelimit"))

@@ -1,0 +1,231 @@
+"""What the HTTP shim asks of the scheduler: one method per API operation.
+
+The shim authenticates, validates and shapes HTTP; everything with state (debits, records,
+queues, tenancy) happens here, so the same operations serve the CLI and tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import string
+from typing import Any
+
+import redis
+
+from storage import StorageError
+
+from .accounts import Principal
+from .celery_app import send_prepare
+from .errors import Conflict, NotFound
+from .lifecycle import delete_job, fail_job
+from .ratelimit import RateStatus
+from .records import JobInput, JobRecord
+from .runtime import Runtime
+from .sizes import parse_size, resolve
+from .states import JobErrorCode, JobStatus
+from .views import iso_time, public_view
+
+__all__ = ["Service", "new_job_id"]
+
+log = logging.getLogger(__name__)
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+_MAX_SEED = 2**31 - 1
+
+
+def new_job_id() -> str:
+    """``req_`` and 16 random base62 characters (95 bits)."""
+    return "req_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
+
+
+class Service:
+    """API operations over one process's :class:`Runtime`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    # -- callers and limits ----------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The caller of a request with this Authorization header."""
+        return self.runtime.accounts.authenticate(authorization)
+
+    def limit(self, principal: Principal, *, write: bool) -> RateStatus:
+        """Count a call against the key's limit (POSTs and reads are limited apart)."""
+        settings = self.runtime.settings
+        if write:
+            return self.runtime.limiter.hit(
+                f"post:{principal.key_id}", limit=settings.rate_limit_per_minute
+            )
+        return self.runtime.limiter.hit(
+            f"read:{principal.key_id}", limit=settings.read_rate_limit_per_minute
+        )
+
+    # -- generations -----------------------------------------------------------------
+
+    def _view(self, record: JobRecord) -> dict[str, Any]:
+        settings = self.runtime.settings
+        return public_view(
+            record,
+            store=self.runtime.store,
+            base_url=settings.base_url(),
+            ttl_seconds=settings.url_ttl_seconds,
+            now_ms=self.runtime.jobs.now_ms(),
+        )
+
+    def submit(
+        self, principal: Principal, job: JobInput, *, idempotency_key: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        """Debit, record and queue a generation. Returns its public record and whether it
+        is the replay of an earlier request with the same Idempotency-Key."""
+        settings, jobs = self.runtime.settings, self.runtime.jobs
+        seed = job.seed if job.seed is not None else secrets.randbelow(_MAX_SEED + 1)
+        size = resolve(parse_size(job.size), job.aspect_ratio, has_references=bool(job.references))
+        width, height = size if size else (None, None)
+        now = jobs.now_ms()
+        record = JobRecord(
+            id=new_job_id(),
+            account=principal.account,
+            status=JobStatus.QUEUED,
+            model=job.model,
+            prompt=job.prompt,
+            email=job.end_user_email,
+            created_ms=now,
+            input=job.public(seed=seed, width=width, height=height),
+            references=job.references,
+            image_count=job.image_count,
+            seed=seed,
+            width=width,
+            height=height,
+            charged=job.cost,
+            webhook_url=job.webhook_url,
+        )
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else None
+        job_id, replayed = jobs.accept(
+            record,
+            deadline_ms=now + settings.job_timeout_seconds * 1000,
+            purge_ms=now + settings.record_retention_seconds * 1000,
+            idempotency_digest=digest,
+            fingerprint=job.fingerprint(),
+            idempotency_ttl=settings.idempotency_ttl_seconds,
+        )
+        if not replayed:
+            try:
+                send_prepare(job_id)
+            except Exception:
+                log.exception("could not queue %s", job_id)
+                fail_job(
+                    self.runtime,
+                    record,
+                    JobErrorCode.INTERNAL_ERROR,
+                    "The request could not be queued; it was refunded.",
+                )
+                raise
+        stored = jobs.get(job_id)
+        if stored is None:
+            raise Conflict(
+                f"This Idempotency-Key created {job_id}, which has since been deleted.",
+                param="Idempotency-Key",
+            )
+        return self._view(stored), replayed
+
+    def get(self, principal: Principal, job_id: str) -> dict[str, Any]:
+        """One generation's public record."""
+        return self._view(self.runtime.jobs.get_owned(principal.account, job_id))
+
+    def list(
+        self, principal: Principal, *, email: str | None, limit: int, cursor: str | None
+    ) -> dict[str, Any]:
+        """A page of generations, newest first, optionally of one end user."""
+        ids, next_cursor = self.runtime.jobs.list_ids(
+            principal.account, email, limit=limit, cursor=cursor
+        )
+        records = [r for r in (self.runtime.jobs.get(i) for i in ids) if r is not None]
+        return {"data": [self._view(r) for r in records], "nextCursor": next_cursor}
+
+    def cancel(self, principal: Principal, job_id: str) -> dict[str, Any]:
+        """Cancel a queued generation (refunded in full)."""
+        record = self.runtime.jobs.get_owned(principal.account, job_id)
+        finish = fail_job(
+            self.runtime,
+            record,
+            JobErrorCode.CANCELLED,
+            "Cancelled by the client before processing started; the request was refunded.",
+            only=(JobStatus.QUEUED,),
+        )
+        if not finish.ok:
+            current = self.runtime.jobs.get_owned(principal.account, job_id)
+            raise Conflict(
+                f"Only queued generations can be cancelled; {job_id} is {current.status.value}.",
+                param="id",
+            )
+        return self.get(principal, job_id)
+
+    def delete(self, principal: Principal, job_id: str) -> dict[str, Any]:
+        """Delete a generation's record and images (a running one is refunded)."""
+        record = self.runtime.jobs.get_owned(principal.account, job_id)
+        refund = delete_job(self.runtime, record)
+        return {"requestId": job_id, "deleted": True, "refundedXTokens": refund}
+
+    def erase_end_user(self, principal: Principal, email: str) -> dict[str, Any]:
+        """Delete every generation of one end user; usage counters are kept for audit."""
+        deleted = refunded = 0
+        while True:
+            ids, _ = self.runtime.jobs.list_ids(principal.account, email, limit=100, cursor=None)
+            records = [r for r in (self.runtime.jobs.get(i) for i in ids) if r is not None]
+            if not records:
+                break
+            for record in records:
+                try:
+                    refunded += delete_job(self.runtime, record)
+                except StorageError as exc:
+                    raise Conflict(
+                        f"Erasure stopped at {record.id}: its images could not be deleted. "
+                        "Retry the request to finish it.",
+                    ) from exc
+                deleted += 1
+        return {"endUserEmail": email, "deleted": deleted, "refundedXTokens": refunded}
+
+    def usage(self, principal: Principal, email: str) -> dict[str, Any]:
+        """An end user's counts, spend and policy violations."""
+        counters = self.runtime.jobs.usage(principal.account, email)
+        if not counters:
+            raise NotFound(f"No generations are recorded for {email}.", param="email")
+        debited, refunded = counters.get("debited", 0), counters.get("refunded", 0)
+        return {
+            "endUserEmail": email,
+            "requests": counters.get("requests", 0),
+            "succeeded": counters.get("succeeded", 0),
+            "failed": counters.get("failed", 0),
+            "images": counters.get("images", 0),
+            "xTokens": debited - refunded,
+            "policyViolations": counters.get("policy_violations", 0),
+        }
+
+    def account(self, principal: Principal) -> dict[str, Any]:
+        """The caller's account and balance."""
+        info = self.runtime.accounts.info(principal.account)
+        return {
+            "account": principal.account,
+            "balance": {"xTokens": info["balance"]},
+            "createdAt": iso_time(int(info["created_ms"])),
+        }
+
+    # -- service-wide ----------------------------------------------------------------
+
+    def models(self) -> list[dict[str, Any]]:
+        """Public model aliases."""
+        return self.runtime.registry.describe()
+
+    def model_aliases(self) -> list[str]:
+        """Just the aliases."""
+        return self.runtime.registry.aliases()
+
+    def ready(self) -> bool:
+        """Whether Redis answers (the API cannot accept work without it)."""
+        try:
+            return bool(self.runtime.redis.ping())
+        except redis.RedisError:
+            return False

@@ -1,0 +1,117 @@
+"""Webhook delivery: signed POSTs of the public record, retried with exponential backoff.
+
+Retries are scheduled in a Redis sorted set that the beat's tick drains, not as Celery
+countdowns: a Redis broker holds countdown messages unacknowledged inside a worker, and
+ones longer than the visibility timeout get delivered twice. Delivery is at least once:
+receivers deduplicate on ``requestId`` (the ``X-XMode-Delivery`` header names the attempt).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+from . import keys
+from .errors import FetchFailed, UnsafeURL
+from .netguard import post
+from .runtime import Runtime
+from .signing import signature_headers
+from .views import public_view
+
+__all__ = ["deliver", "backoff_seconds", "render_body"]
+
+log = logging.getLogger(__name__)
+
+
+def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
+    """Delay before retry number ``attempt`` (1-based): doubling from ``base`` up to ``cap``,
+    with jitter so receivers that come back are not hit by every sender at once."""
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return delay * random.uniform(0.75, 1.0)
+
+
+def render_body(runtime: Runtime, job_id: str) -> bytes | None:
+    """The exact bytes a delivery of this job sends (None when there is nothing to send)."""
+    record = runtime.jobs.get(job_id)
+    if record is None:
+        return None
+    view = public_view(
+        record,
+        store=runtime.store,
+        base_url=runtime.settings.base_url(),
+        ttl_seconds=runtime.settings.url_ttl_seconds,
+        now_ms=runtime.jobs.now_ms(),
+    )
+    return json.dumps(view, separators=(",", ":")).encode()
+
+
+def deliver(runtime: Runtime, job_id: str) -> None:
+    """One delivery attempt; schedules the next one when it fails."""
+    settings = runtime.settings
+    lock = runtime.redis.set(
+        keys.webhook_lock(job_id), "1", nx=True, px=int(settings.webhook_timeout_seconds * 2000)
+    )
+    if not lock:
+        return  # another worker is delivering this job right now
+    try:
+        _attempt(runtime, job_id)
+    finally:
+        runtime.redis.delete(keys.webhook_lock(job_id))
+
+
+def _attempt(runtime: Runtime, job_id: str) -> None:
+    settings, jobs = runtime.settings, runtime.jobs
+    record = jobs.get(job_id)
+    if record is None or not record.webhook_url or not record.status.is_terminal():
+        jobs.take_due(keys.WEBHOOKS_DUE, job_id)
+        return
+    if record.webhook_state in ("delivered", "gave_up"):
+        jobs.take_due(keys.WEBHOOKS_DUE, job_id)
+        return
+    body = render_body(runtime, job_id)
+    assert body is not None
+    attempt = record.webhook_attempts + 1
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "xsd-webhooks/1",
+        "X-XMode-Delivery": f"{job_id}.{attempt}",
+        **signature_headers(runtime.accounts.webhook_secret(record.account), body),
+    }
+    try:
+        status = post(
+            record.webhook_url,
+            body,
+            runtime.net_policy,
+            headers=headers,
+            timeout=settings.webhook_timeout_seconds,
+        )
+        outcome = f"http {status}"
+        delivered = 200 <= status < 300
+    except UnsafeURL as exc:
+        # The host now resolves somewhere private: never retry towards it.
+        log.warning("webhook of %s refused: %s", job_id, exc)
+        jobs.set_webhook_state(job_id, attempts=attempt, state="gave_up")
+        jobs.take_due(keys.WEBHOOKS_DUE, job_id)
+        return
+    except FetchFailed as exc:
+        outcome, delivered = str(exc), False
+    if delivered:
+        jobs.set_webhook_state(job_id, attempts=attempt, state="delivered")
+        jobs.take_due(keys.WEBHOOKS_DUE, job_id)
+        return
+    now_ms = jobs.now_ms()
+    finished_ms = record.finished_ms or now_ms
+    if now_ms - finished_ms > settings.webhook_retry_seconds * 1000:
+        log.warning("webhook of %s gave up after %d attempts: %s", job_id, attempt, outcome)
+        jobs.set_webhook_state(job_id, attempts=attempt, state="gave_up")
+        jobs.take_due(keys.WEBHOOKS_DUE, job_id)
+        return
+    delay = backoff_seconds(
+        attempt,
+        base=settings.webhook_backoff_base_seconds,
+        cap=settings.webhook_backoff_max_seconds,
+    )
+    jobs.set_webhook_state(job_id, attempts=attempt, state=f"retrying: {outcome}")
+    jobs.schedule(keys.WEBHOOKS_DUE, job_id, now_ms + int(delay * 1000))
+    log.info("webhook of %s failed (%s); retry %d in %.1f s", job_id, outcome, attempt, delay)

@@ -1,0 +1,73 @@
+"""Entry points of the worker and beat processes."""
+
+from __future__ import annotations
+
+import logging
+
+from celery.signals import worker_ready
+
+from .celery_app import CPU_QUEUE, app, gpu_queues
+from .runtime import Runtime, current, init
+from .settings import Settings
+
+__all__ = ["expand_queues", "run_worker", "run_beat"]
+
+log = logging.getLogger(__name__)
+
+
+def expand_queues(spec: str, models: list[str]) -> list[str]:
+    """Queue names from ``--queues``: ``gpu`` stands for every GPU queue of every model."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part == "gpu":
+            names += gpu_queues(models)
+        elif part:
+            names.append(part)
+    return list(dict.fromkeys(names))
+
+
+def _preload(runtime: Runtime, queues: list[str]) -> None:
+    # Load models before taking work, so the first job does not pay for it and a broken
+    # model fails the worker at start instead of failing jobs.
+    from .execution import generator_for
+
+    for alias in runtime.registry.aliases():
+        if any(q in queues for q in gpu_queues([alias])):
+            generator_for(runtime, alias)
+
+
+def run_worker(
+    settings: Settings, *, queues: str, concurrency: int | None, hostname: str | None
+) -> None:
+    """Run a Celery worker for the named queues (blocks).
+
+    GPU queues run in the solo pool: one process owns the GPU and keeps the model loaded.
+    The CPU queue runs in a thread pool: its work is network I/O (references, webhooks).
+    """
+    runtime = init(settings)
+    names = expand_queues(queues, runtime.registry.aliases())
+    gpu = any(name != CPU_QUEUE for name in names)
+    pool = "solo" if gpu else "threads"
+    argv = ["worker", "--queues", ",".join(names), "--pool", pool, "--loglevel", "INFO"]
+    argv += ["--without-gossip", "--without-mingle"]
+    if not gpu:
+        argv += ["--concurrency", str(concurrency or 8)]
+    if hostname:
+        argv += ["--hostname", hostname]
+
+    @worker_ready.connect(weak=False)
+    def _ready(**_: object) -> None:
+        if gpu:
+            _preload(current(), names)
+        log.info("worker ready on %s", ", ".join(names))
+
+    app.worker_main(argv)
+
+
+def run_beat(settings: Settings) -> None:
+    """Run the beat that sends the reaper tick (blocks). Run exactly one per deployment;
+    a second one only duplicates ticks, which are safe but wasteful."""
+    init(settings)
+    schedule = settings.data_dir / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", "--loglevel", "INFO", "--schedule", str(schedule)])

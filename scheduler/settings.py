@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = Field(
         900, gt=0, description="Seconds before an unacked Celery message is redelivered."
     )
+    metrics_port: int | None = Field(
+        None, description="Workers and the beat serve /metrics, /healthz, /readyz on this port."
+    )
     moderation_blocklist: Path | None = Field(
         None, description="Extra blocked terms, one per line, added to the built-in list."
     )

@@ -1,0 +1,203 @@
+"""SDXL components: the tiny random model, the full-size random model, or real weights.
+
+``tiny`` follows diffusers' own SDXL test configuration (UNet ``block_out_channels=(32,
+64)``, ``cross_attention_dim=64``, two 32-wide CLIP text encoders) but keeps CLIP's full
+vocabulary so the real tokenizer's ids fit. Random weights are drawn from a fixed seed, so
+every worker process builds the same model and a request reproduces across workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from .errors import ModelUnavailable
+from .prompts import EOS_ID, VOCAB_SIZE
+from .registry import SDXL_RANDOM, TINY, ModelSpec
+
+__all__ = [
+    "Components",
+    "build_components",
+    "sdxl_unet_config",
+    "scheduler_config",
+]
+
+# The random weights of `tiny` and `sdxl-random` are drawn from this seed.
+WEIGHTS_SEED = 20251125
+
+# SDXL base 1.0's Euler scheduler settings.
+_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="epsilon",
+)
+
+
+@dataclass
+class Components:
+    """What a pipeline is built from."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    text_encoder_2: CLIPTextModelWithProjection
+    scheduler: EulerDiscreteScheduler
+    # SDXL's second tokenizer pads with "!" (id 0), the first with the end token.
+    pad_ids: tuple[int, int] = (EOS_ID, 0)
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Components:
+        """Move every module; the VAE stays float32 (SDXL's VAE overflows in fp16)."""
+        modules = [(self.unet, dtype), (self.text_encoder, dtype), (self.text_encoder_2, dtype)]
+        for module, wanted in [*modules, (self.vae, torch.float32)]:
+            # Cast only when needed: diffusers warns on every dtype cast through `to()`.
+            if module.dtype != wanted:
+                module.to(dtype=wanted)
+            module.to(device=device).eval().requires_grad_(False)
+        return self
+
+
+def scheduler_config() -> dict[str, Any]:
+    """SDXL's Euler scheduler configuration."""
+    return dict(_SCHEDULER)
+
+
+def _text_config(
+    *, hidden: int, layers: int, heads: int, intermediate: int, act: str, projection: int
+) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        hidden_act=act,
+        projection_dim=projection,
+        max_position_embeddings=77,
+        layer_norm_eps=1e-5,
+        bos_token_id=49406,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+    )
+
+
+def sdxl_unet_config() -> dict[str, Any]:
+    """SDXL base 1.0's UNet configuration (about 2.57 B parameters)."""
+    return dict(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        attention_head_dim=(5, 10, 20),
+        transformer_layers_per_block=(1, 2, 10),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+
+
+def _tiny() -> Components:
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=64,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + pooled 32
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64),
+        latent_channels=4,
+        sample_size=64,
+    )
+    text = dict(hidden=32, layers=5, heads=4, intermediate=37, act="gelu", projection=32)
+    return Components(
+        unet=unet,
+        vae=vae,
+        text_encoder=CLIPTextModel(_text_config(**text)),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(**text)),
+        scheduler=EulerDiscreteScheduler(**_SCHEDULER),
+    )
+
+
+def _sdxl_random() -> Components:
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    return Components(
+        unet=UNet2DConditionModel(**sdxl_unet_config()),
+        vae=vae,
+        text_encoder=CLIPTextModel(
+            _text_config(
+                hidden=768, layers=12, heads=12, intermediate=3072, act="quick_gelu", projection=768
+            )
+        ),
+        text_encoder_2=CLIPTextModelWithProjection(
+            _text_config(
+                hidden=1280, layers=32, heads=20, intermediate=5120, act="gelu", projection=1280
+            )
+        ),
+        scheduler=EulerDiscreteScheduler(**_SCHEDULER),
+    )
+
+
+def _weights(spec: ModelSpec, dtype: torch.dtype) -> Components:
+    path = spec.weights_dir()
+    load: dict[str, Any] = {"local_files_only": True, "torch_dtype": dtype}
+    try:
+        return Components(
+            unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **load),
+            vae=AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32),
+            text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **load),
+            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
+                path, subfolder="text_encoder_2", **load
+            ),
+            scheduler=EulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler"),
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"{spec.alias}: could not load weights from {path}: {exc}") from exc
+
+
+def build_components(spec: ModelSpec, *, dtype: torch.dtype) -> Components:
+    """Build (random models) or load (weights) the components of ``spec``."""
+    if spec.kind == "weights":
+        return _weights(spec, dtype)
+    builder = {TINY: _tiny, SDXL_RANDOM: _sdxl_random}[spec.kind]
+    # Weights are drawn under a private generator state so the model is the same in every
+    # process, whatever the process did with torch's global RNG before.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(WEIGHTS_SEED)
+        return builder()

@@ -1,0 +1,29 @@
+"""The pipeline's exceptions, one hierarchy.
+
+::
+
+    PipelineError
+    ├── ModelUnavailable    an alias that is not registered, or weights that cannot load
+    ├── InvalidInput        a request the pipeline cannot run (sizes, seeds, guidance, prompt)
+    └── InvalidImage        reference bytes that are not a usable image
+"""
+
+from __future__ import annotations
+
+__all__ = ["PipelineError", "ModelUnavailable", "InvalidInput", "InvalidImage"]
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline raises on purpose. Messages are full sentences."""
+
+
+class ModelUnavailable(PipelineError):
+    """The model alias is unknown, or its weights cannot be loaded."""
+
+
+class InvalidInput(PipelineError):
+    """A generation request that fails the pipeline's own checks."""
+
+
+class InvalidImage(PipelineError):
+    """Bytes that do not decode to an acceptable image."""

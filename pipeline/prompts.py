@@ -1,0 +1,124 @@
+"""Prompt text: CLIP BPE tokens, and the items a prompt enumerates.
+
+The tokenizer is CLIP's byte-level BPE (the vocabulary file ships inside the
+``clip-anytorch`` wheel), rebuilt with the Rust ``tokenizers`` library: it gives the same
+ids as transformers' ``CLIPTokenizer``, imports in milliseconds and needs no model hub, so
+the HTTP shim can count tokens on every request.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import re
+from functools import cache
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from .errors import ModelUnavailable
+
+__all__ = [
+    "BOS_ID",
+    "EOS_ID",
+    "VOCAB_SIZE",
+    "clip_tokenizer",
+    "count_prompt_tokens",
+    "enumerate_items",
+]
+
+VOCAB_SIZE = 49408
+BOS_ID = 49406
+EOS_ID = 49407
+# CLIP's pre-tokenisation pattern (openai/CLIP simple_tokenizer.py).
+_PATTERN = (
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"""
+    r"""|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+)
+
+
+def _vocabulary_file() -> Path:
+    # find_spec locates the package without importing it (importing `clip` imports torch).
+    spec = importlib.util.find_spec("clip")
+    if spec is None or spec.origin is None:
+        raise ModelUnavailable(
+            "The CLIP vocabulary is missing: install clip-anytorch (pip install --no-deps "
+            "clip-anytorch==2.6.0), as the Makefile does."
+        )
+    return Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's reversible byte-to-unicode table, in CLIP's order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    codes, extra = list(printable), 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(code) for code in codes]
+
+
+@cache
+def clip_tokenizer() -> Tokenizer:
+    """CLIP's tokenizer, without BOS/EOS (callers add them per 77-token window)."""
+    with gzip.open(_vocabulary_file()) as handle:
+        lines = handle.read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : VOCAB_SIZE - 256 * 2 - 2 + 1]]
+    alphabet = _byte_alphabet()
+    vocab = [*alphabet, *(ch + "</w>" for ch in alphabet), *("".join(m) for m in merges)]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    tokenizer = Tokenizer(
+        models.BPE(
+            vocab={token: index for index, token in enumerate(vocab)},
+            merges=merges,
+            end_of_word_suffix="</w>",
+            unk_token="<|endoftext|>",
+        )
+    )
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def count_prompt_tokens(prompt: str) -> int:
+    """CLIP BPE tokens in a prompt, without BOS/EOS."""
+    return len(clip_tokenizer().encode(prompt).ids)
+
+
+_NUMBERED = re.compile(r"(?:^|\s)(?:\(?\d{1,2}[.)]|[-*•])\s+")
+_CLOSING = re.compile(r",?\s+(?:and|or)\s+[^,;]+$", re.IGNORECASE)
+_SPLIT = re.compile(r"\s*(?:;|,\s*(?:and|or)\s+|,|\s+(?:and|or)\s+)\s*", re.IGNORECASE)
+
+
+def enumerate_items(prompt: str) -> list[str]:
+    """The items a prompt enumerates, e.g. "... four life stages: child, adolescent, adult,
+    elderly." -> ["child", "adolescent", "adult", "elderly"]; [] when it lists fewer than
+    two. Numbered or bulleted lists win; otherwise the text after the last colon is split
+    on commas, semicolons, "and" and "or". Without a colon, only a list closed by "and" or
+    "or" counts ("a cat, a dog and a bird"): comma-separated style words ("cinematic,
+    moody, 35mm") are not subjects.
+    """
+    text = prompt.strip()
+    numbered = [part.strip(" .;,\n") for part in _NUMBERED.split(text)[1:]]
+    if len([p for p in numbered if p]) >= 2:
+        return [p for p in numbered if p]
+    if ":" in text:
+        text = text.rsplit(":", 1)[1]
+    elif not _CLOSING.search(text):
+        return []
+    # Only the first sentence of the list counts ("..., adult, elderly. Soft light.").
+    text = re.split(r"[.!?](?:\s|$)", text.strip(), maxsplit=1)[0]
+    items = [item.strip(" .\"'") for item in _SPLIT.split(text)]
+    items = [item for item in items if item]
+    return items if len(items) >= 2 else []

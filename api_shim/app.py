@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram
-from starlette.routing import Match
 
+from scheduler.celery_app import CPU_QUEUE, gpu_queues
+from scheduler.metrics import QueueDepthCollector, register_once
 from scheduler.ratelimit import RateStatus
 from scheduler.runtime import Runtime
 from scheduler.service import Service
@@ -30,12 +31,9 @@ HTTP_LATENCY = Histogram(
 
 
 def _route_template(request: Request) -> str:
-    # The path template, never the raw path: ids and emails must not become label values.
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.FULL:
-            return getattr(route, "path", "unmatched")
-    return "unmatched"
+    # The path template the router matched, never the raw path: ids and emails must not
+    # become label values.
+    return str(getattr(request.scope.get("route"), "path", "unmatched"))
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -49,6 +47,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         redoc_url=None,
     )
     app.state.service = Service(runtime)
+    register_once(
+        "queue_depth",
+        QueueDepthCollector(
+            runtime.redis.llen, lambda: [CPU_QUEUE, *gpu_queues(runtime.registry.aliases())]
+        ),
+    )
     install_handlers(app)
     app.include_router(routes.router)
     app.include_router(ops.router)

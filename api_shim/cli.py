@@ -108,6 +108,16 @@ def worker(queues: str, concurrency: int | None, hostname: str | None) -> None:
 
 
 @main.command()
+@click.option("--hostname", required=True, help="Celery node name of the worker to drain.")
+def drain(hostname: str) -> None:
+    """Make a worker stop taking jobs; what it runs still finishes (preStop hook)."""
+    from scheduler.worker import drain as drain_worker
+
+    queues = drain_worker(_settings(), hostname=hostname)
+    click.echo(f"{hostname} stopped consuming: {', '.join(queues) or 'nothing (not found)'}")
+
+
+@main.command()
 def beat() -> None:
     """Run the beat (the reaper tick)."""
     from scheduler.worker import run_beat

@@ -44,7 +44,9 @@ def _demo_key(settings: Settings, redis_url: str) -> str:
 
 def run_demo(settings: Settings, *, out_dir: Path) -> Iterator[Path]:
     """Run the quick example; yields the saved image paths."""
-    supervisor = Supervisor(settings, host="127.0.0.1", port=free_port())
+    log_dir = settings.data_dir / "logs"
+    supervisor = Supervisor(settings, host="127.0.0.1", port=free_port(), log_dir=log_dir)
+    log.info("starting the service; process logs in %s", log_dir.resolve())
     supervisor.start()
     try:
         assert supervisor.redis_url is not None

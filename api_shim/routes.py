@@ -20,7 +20,7 @@ from scheduler.accounts import Principal
 from scheduler.service import Service
 
 from .errors import ApiError
-from .schemas import GenerationBody, ValidationContext, describe_error
+from .schemas import GenerationBody, ValidationContext, describe_error, first_error
 
 __all__ = ["router", "service_of"]
 
@@ -82,7 +82,7 @@ def _validate(service: Service, raw: bytes) -> GenerationBody:
     try:
         return GenerationBody.model_validate(data, context=context)
     except ValidationError as exc:
-        param, message = describe_error(exc.errors()[0])
+        param, message = describe_error(first_error(exc.errors()))
         raise ApiError(400, "validation_error", message, param=param) from exc
 
 

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from scheduler.netguard import NetPolicy, check_url
 
 from scheduler.errors import UnsafeURL
 from scheduler.inputs import MAX_IMAGES, MAX_PROMPT_TOKENS, frame_count, prompt_tokens
+from scheduler.netguard import NetPolicy, check_url
 from scheduler.records import JobInput
 from scheduler.sizes import AspectRatio, SizeError, parse_size
 
@@ -26,6 +26,7 @@ __all__ = [
     "GenerationBody",
     "MAX_REFERENCES",
     "describe_error",
+    "first_error",
 ]
 
 MAX_REFERENCES = 10
@@ -216,9 +217,21 @@ _TYPE_WORDS = {
 }
 
 
+def first_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error to report: the first, except that for a value given as an array, the
+    array branch of a ``string | array`` field says more than the string branch."""
+    first = errors[0]
+    loc = tuple(first.get("loc", ()))
+    if loc and loc[-1] == "str" and isinstance(first.get("input"), list):
+        for error in errors[1:]:
+            if "list[str]" in error.get("loc", ()):
+                return error
+    return first
+
+
 def describe_error(error: dict[str, Any]) -> tuple[str | None, str]:
-    """``(param, message)`` for the first pydantic error of a request: full sentences that
-    name the field and say what is accepted."""
+    """``(param, message)`` for a pydantic error of a request: full sentences that name
+    the field and say what is accepted."""
     param = _param_of(tuple(error.get("loc", ())))
     name = param or "The request body"
     kind, ctx = error.get("type", ""), error.get("ctx") or {}

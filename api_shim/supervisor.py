@@ -20,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from scheduler.embedded_redis import EmbeddedRedis, find_running
 from scheduler.settings import Settings
@@ -47,6 +48,8 @@ class Supervisor:
     redis: EmbeddedRedis | None = None
     redis_url: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # When set, each child writes to <log_dir>/<name>.log instead of this terminal.
+    log_dir: Path | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -54,6 +57,15 @@ class Supervisor:
     def base_url(self) -> str:
         """Where the API answers."""
         return f"http://{self.host}:{self.port}"
+
+    def metrics_ports(self) -> dict[str, int]:
+        """With ``XSD_METRICS_PORT`` set, each non-API child serves its own metrics on the
+        next port up (the API serves ``/metrics`` on its own port)."""
+        base = self.settings.metrics_port
+        if base is None:
+            return {}
+        names = [name for name in self.commands() if name != "api"]
+        return {name: base + offset for offset, name in enumerate(names)}
 
     def commands(self) -> dict[str, list[str]]:
         """Each child's ``xsd`` arguments, by name."""
@@ -64,7 +76,8 @@ class Supervisor:
             "beat": ["beat"],
         }
 
-    def _environment(self) -> dict[str, str]:
+    def environment(self, name: str) -> dict[str, str]:
+        """The environment a child runs with."""
         assert self.redis_url is not None
         env = dict(os.environ)
         env.update(self.env)
@@ -76,14 +89,32 @@ class Supervisor:
             XSD_PUBLIC_BASE_URL=self.settings.public_base_url or self.base_url,
             PYTHONUNBUFFERED="1",
         )
+        port = self.metrics_ports().get(name)
+        if port is None:
+            env.pop("XSD_METRICS_PORT", None)
+        else:
+            env["XSD_METRICS_PORT"] = str(port)
         return env
 
     def spawn(self, name: str) -> subprocess.Popen[bytes]:
         """Start (or restart) one child by name."""
         command = [sys.executable, "-m", "api_shim", *self.commands()[name]]
-        child = subprocess.Popen(
-            command, env=self._environment(), start_new_session=True, preexec_fn=_die_with_parent
-        )
+        output = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            output = (self.log_dir / f"{name}.log").open("ab")
+        try:
+            child = subprocess.Popen(
+                command,
+                env=self.environment(name),
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if output is not None:
+                output.close()  # the child holds its own descriptor
         self.children[name] = child
         log.info("started %s (pid %d)", name, child.pid)
         return child

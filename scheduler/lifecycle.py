@@ -11,11 +11,13 @@ from collections.abc import Sequence
 
 from storage import StorageError
 
+from . import metrics
 from .celery_app import send_webhook
 from .jobs import Finish
 from .objects import job_prefixes
 from .records import ImageResult, JobRecord
 from .runtime import Runtime
+from .sizes import size_class
 from .states import JobErrorCode, JobStatus
 
 __all__ = ["WEBHOOK_GRACE_MS", "fail_job", "succeed_job", "delete_job", "delete_objects"]
@@ -29,6 +31,8 @@ WEBHOOK_GRACE_MS = 30_000
 
 
 def _notify(runtime: Runtime, record: JobRecord, finish: Finish) -> Finish:
+    if finish.ok:
+        metrics.XTOKENS_REFUNDED.inc(finish.refund)
     if finish.ok and record.webhook_url:
         try:
             send_webhook(record.id)
@@ -56,6 +60,7 @@ def fail_job(
         webhook_at_ms=runtime.jobs.now_ms() + WEBHOOK_GRACE_MS,
     )
     if finish.ok:
+        metrics.JOBS_FINISHED.labels("failed", code.value).inc()
         log.info("job %s failed: %s (refunded %d xTokens)", record.id, code.value, finish.refund)
     return _notify(runtime, record, finish)
 
@@ -68,6 +73,10 @@ def succeed_job(
         record, attempt, images, webhook_at_ms=runtime.jobs.now_ms() + WEBHOOK_GRACE_MS
     )
     if finish.ok:
+        metrics.JOBS_FINISHED.labels("succeeded", "none").inc()
+        if record.width and record.height:
+            elapsed = (runtime.jobs.now_ms() - record.created_ms) / 1000
+            metrics.END_TO_END.labels(size_class(record.width, record.height)).observe(elapsed)
         log.info("job %s succeeded (refunded %d xTokens)", record.id, finish.refund)
     return _notify(runtime, record, finish)
 
@@ -89,4 +98,6 @@ def delete_job(runtime: Runtime, record: JobRecord) -> int:
     except StorageError:
         log.exception("Could not delete the objects of %s; keeping its record.", record.id)
         raise
-    return runtime.jobs.delete(record)
+    refund = runtime.jobs.delete(record)
+    metrics.XTOKENS_REFUNDED.inc(refund)
+    return refund

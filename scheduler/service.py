@@ -16,6 +16,7 @@ import redis
 
 from storage import StorageError
 
+from . import metrics
 from .accounts import Principal
 from .celery_app import send_prepare
 from .errors import Conflict, NotFound
@@ -112,6 +113,7 @@ class Service:
             idempotency_ttl=settings.idempotency_ttl_seconds,
         )
         if not replayed:
+            metrics.XTOKENS_DEBITED.inc(job.cost)
             try:
                 send_prepare(job_id)
             except Exception:

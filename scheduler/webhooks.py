@@ -12,7 +12,7 @@ import json
 import logging
 import random
 
-from . import keys
+from . import keys, metrics
 from .errors import FetchFailed, UnsafeURL
 from .netguard import post
 from .runtime import Runtime
@@ -91,11 +91,14 @@ def _attempt(runtime: Runtime, job_id: str) -> None:
     except UnsafeURL as exc:
         # The host now resolves somewhere private: never retry towards it.
         log.warning("webhook of %s refused: %s", job_id, exc)
+        metrics.WEBHOOK_ATTEMPTS.labels("refused").inc()
+        metrics.WEBHOOK_GIVE_UPS.inc()
         jobs.set_webhook_state(job_id, attempts=attempt, state="gave_up")
         jobs.take_due(keys.WEBHOOKS_DUE, job_id)
         return
     except FetchFailed as exc:
         outcome, delivered = str(exc), False
+    metrics.WEBHOOK_ATTEMPTS.labels("delivered" if delivered else "failed").inc()
     if delivered:
         jobs.set_webhook_state(job_id, attempts=attempt, state="delivered")
         jobs.take_due(keys.WEBHOOKS_DUE, job_id)
@@ -104,6 +107,7 @@ def _attempt(runtime: Runtime, job_id: str) -> None:
     finished_ms = record.finished_ms or now_ms
     if now_ms - finished_ms > settings.webhook_retry_seconds * 1000:
         log.warning("webhook of %s gave up after %d attempts: %s", job_id, attempt, outcome)
+        metrics.WEBHOOK_GIVE_UPS.inc()
         jobs.set_webhook_state(job_id, attempts=attempt, state="gave_up")
         jobs.take_due(keys.WEBHOOKS_DUE, job_id)
         return

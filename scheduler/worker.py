@@ -6,11 +6,12 @@ import logging
 
 from celery.signals import worker_ready
 
+from . import health, metrics
 from .celery_app import CPU_QUEUE, app, gpu_queues
 from .runtime import Runtime, current, init
 from .settings import Settings
 
-__all__ = ["expand_queues", "run_worker", "run_beat"]
+__all__ = ["expand_queues", "run_worker", "run_beat", "drain"]
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,13 @@ def run_worker(
     The CPU queue runs in a thread pool: its work is network I/O (references, webhooks).
     """
     runtime = init(settings)
+    if settings.metrics_port:
+        health.serve(settings.metrics_port)
     names = expand_queues(queues, runtime.registry.aliases())
     gpu = any(name != CPU_QUEUE for name in names)
     pool = "solo" if gpu else "threads"
+    if gpu:
+        metrics.register_once("gpu", metrics.GpuCollector())
     argv = ["worker", "--queues", ",".join(names), "--pool", pool, "--loglevel", "INFO"]
     argv += ["--without-gossip", "--without-mingle"]
     if not gpu:
@@ -59,6 +64,7 @@ def run_worker(
     def _ready(**_: object) -> None:
         if gpu:
             _preload(current(), names)
+        health.ready.set()
         log.info("worker ready on %s", ", ".join(names))
 
     app.worker_main(argv)
@@ -68,6 +74,20 @@ def run_beat(settings: Settings) -> None:
     """Run the beat that sends the reaper tick (blocks). Run exactly one per deployment;
     a second one only duplicates ticks, which are safe but wasteful."""
     init(settings)
+    if settings.metrics_port:
+        health.serve(settings.metrics_port)
+    health.ready.set()
     schedule = settings.data_dir / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
     app.start(["beat", "--loglevel", "INFO", "--schedule", str(schedule)])
+
+
+def drain(settings: Settings, *, hostname: str, timeout: float = 10.0) -> list[str]:
+    """Tell one worker to stop consuming every queue, so its in-flight jobs finish before
+    it is stopped (a Kubernetes preStop hook). Returns the queues it stopped consuming."""
+    init(settings)
+    replies = app.control.inspect([hostname], timeout=timeout).active_queues() or {}
+    queues = [queue["name"] for queue in replies.get(hostname, [])]
+    for queue in queues:
+        app.control.cancel_consumer(queue, destination=[hostname], reply=True, timeout=timeout)
+    return queues

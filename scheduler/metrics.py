@@ -1,0 +1,150 @@
+"""Prometheus metric families, defined once for every process.
+
+Names carry their unit; labels are bounded (routes, queues, size classes, codes), never
+request ids, emails or prompts. Each process exposes its own registry (the API on
+``/metrics``, workers and the beat on ``XSD_METRICS_PORT``); Prometheus sums across pods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "JOBS_FINISHED",
+    "QUEUE_WAIT",
+    "GPU_SECONDS",
+    "END_TO_END",
+    "BATCH_JOBS",
+    "BATCH_IMAGES",
+    "IMAGES_GENERATED",
+    "DENOISE_STEP",
+    "STORAGE_UPLOAD",
+    "STORAGE_FAILURES",
+    "WEBHOOK_ATTEMPTS",
+    "WEBHOOK_GIVE_UPS",
+    "XTOKENS_DEBITED",
+    "XTOKENS_REFUNDED",
+    "GPU_IDLE",
+    "QueueDepthCollector",
+    "GpuCollector",
+    "register_once",
+]
+
+log = logging.getLogger(__name__)
+
+# Seconds from a fraction of a second (tiny, small batches) to tens of minutes (4K on a
+# busy pool).
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+_COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+JOBS_FINISHED = Counter(
+    "xsd_jobs_finished", "Jobs that reached a terminal status", ["status", "code"]
+)
+QUEUE_WAIT = Histogram(
+    "xsd_queue_wait_seconds",
+    "From POST to a GPU worker claiming the job",
+    ["size_class"],
+    buckets=_LATENCY_BUCKETS,
+)
+GPU_SECONDS = Histogram(
+    "xsd_gpu_seconds",
+    "GPU time of one batch (pipeline call)",
+    ["size_class"],
+    buckets=_LATENCY_BUCKETS,
+)
+END_TO_END = Histogram(
+    "xsd_end_to_end_seconds",
+    "From POST to the job succeeding",
+    ["size_class"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_JOBS = Histogram("xsd_batch_jobs", "Jobs per GPU batch", buckets=_COUNT_BUCKETS)
+BATCH_IMAGES = Histogram("xsd_batch_images", "Images per GPU batch", buckets=_COUNT_BUCKETS)
+IMAGES_GENERATED = Counter("xsd_images_generated", "Images produced by the pipeline")
+DENOISE_STEP = Histogram(
+    "xsd_denoise_step_seconds",
+    "Time of one denoising step of a batch",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+STORAGE_UPLOAD = Histogram(
+    "xsd_storage_upload_seconds",
+    "Time to store one object",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+STORAGE_FAILURES = Counter(
+    "xsd_storage_failures", "Object store operations that failed", ["operation"]
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "xsd_webhook_attempts", "Webhook delivery attempts by outcome", ["outcome"]
+)
+WEBHOOK_GIVE_UPS = Counter("xsd_webhook_give_ups", "Webhooks abandoned after retrying")
+XTOKENS_DEBITED = Counter("xsd_xtokens_debited", "xTokens debited at POST")
+XTOKENS_REFUNDED = Counter("xsd_xtokens_refunded", "xTokens refunded")
+GPU_IDLE = Counter("xsd_gpu_idle_seconds", "Time a GPU worker waited for work between batches")
+
+
+class QueueDepthCollector(Collector):
+    """``xsd_queue_depth{queue}``: Celery queue lengths (Redis lists), read at scrape."""
+
+    def __init__(self, length_of: Callable[[str], int], queues: Callable[[], Iterable[str]]):
+        self._length_of, self._queues = length_of, queues
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "xsd_queue_depth", "Messages waiting in a queue", labels=["queue"]
+        )
+        for queue in self._queues():
+            try:
+                family.add_metric([queue], self._length_of(queue))
+            except Exception:  # a scrape must not fail because Redis blinked
+                log.warning("could not read the length of %s", queue, exc_info=True)
+        yield family
+
+
+class GpuCollector(Collector):
+    """GPU memory and utilisation through NVML, read at scrape; silent without a GPU."""
+
+    def __init__(self) -> None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._count = pynvml.nvmlDeviceGetCount()
+        except Exception:  # no driver, no library, no GPU: nothing to report
+            self._nvml, self._count = None, 0
+
+    def collect(self) -> Iterator[Metric]:
+        if self._nvml is None:
+            return
+        used = GaugeMetricFamily("xsd_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"])
+        total = GaugeMetricFamily("xsd_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
+        busy = GaugeMetricFamily(
+            "xsd_gpu_utilization_ratio", "Fraction of time the GPU was busy", labels=["gpu"]
+        )
+        for index in range(self._count):
+            handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+            memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+            rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+            used.add_metric([str(index)], memory.used)
+            total.add_metric([str(index)], memory.total)
+            busy.add_metric([str(index)], rates.gpu / 100)
+        yield from (used, total, busy)
+
+
+_registered: set[str] = set()
+
+
+def register_once(name: str, collector: Collector) -> None:
+    """Register a collector in this process unless one of that name already is."""
+    if name in _registered:
+        return
+    with contextlib.suppress(ValueError):
+        REGISTRY.register(collector)
+    _registered.add(name)

@@ -1,0 +1,143 @@
+"""The operator's commands as a newcomer runs them: ``xsd keys create``, ``xsd credits add``,
+``xsd up`` (embedded Redis, Ctrl-C), ``xsd generate`` and ``xsd demo``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from scheduler.embedded_redis import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def xsd(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "api_shim", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def processes_of(data_dir: Path) -> list[int]:
+    """Pids of live processes started with this data directory in their environment."""
+    marker = f"XSD_DATA_DIR={data_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if marker in environ.split(b"\0") and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def redis_pids(port: str) -> list[int]:
+    """Pids of redis-servers on this port (Redis overwrites its environment with its
+    process title, so it is found by the address in that title)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"redis-server" in title and f":{port}".encode() in title:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    data_dir = tmp_path / "data"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("XSD_")}
+    return {**clean, "XSD_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+
+
+def test_up_generate_and_ctrl_c(env: dict[str, str], tmp_path: Path) -> None:
+    data_dir = Path(env["XSD_DATA_DIR"])
+    # Keys made before `up` (on a temporary embedded Redis) survive into it: AOF persistence.
+    created = xsd("keys", "create", "--account", "acme", "--credits", "30", "--json", env=env)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert set(key) == {"apiKey", "account", "webhookSecret"} and key["account"] == "acme"
+    added = xsd("credits", "add", "--account", "acme", "--amount", "20", env=env)
+    assert added.returncode == 0 and "acme: 50 xTokens" in added.stdout
+    assert xsd("credits", "add", "--account", "ghost", "--amount", "5", env=env).returncode != 0
+    assert processes_of(data_dir) == [], "one-off commands leave nothing running"
+
+    port = free_port()
+    log = tmp_path / "up.log"
+    with log.open("w") as output:
+        # A file, not a pipe: the children log to the same stdout, and a pipe nobody
+        # drains would block them.
+        up = subprocess.Popen(
+            [sys.executable, "-m", "api_shim", "up", "--port", str(port)],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while f"is up at http://127.0.0.1:{port}" not in log.read_text():
+            assert up.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert len(processes_of(data_dir)) == 5  # supervisor, api, 2 workers, beat
+        redis_port = (data_dir / "redis" / "url").read_text().rsplit(":", 1)[1].split("/")[0]
+        assert len(redis_pids(redis_port)) == 1
+        second = xsd("up", "--port", str(free_port()), env=env, timeout=60)
+        assert second.returncode != 0 and "already runs" in second.stderr
+
+        out = tmp_path / "out"
+        generated = xsd(
+            "generate",
+            "A lighthouse at dawn",
+            "--out",
+            str(out),
+            "--api-url",
+            f"http://127.0.0.1:{port}",
+            "--api-key",
+            key["apiKey"],
+            "--email",
+            "alice@your-product.com",
+            "--size",
+            "2560x1440",
+            env=env,
+        )
+        assert generated.returncode == 0, generated.stderr
+        (saved,) = [Path(p) for p in generated.stdout.split()]
+        assert Image.open(saved).size == (2560, 1440)
+        assert "succeeded" in generated.stderr, "progress is shown while polling"
+    finally:
+        os.killpg(up.pid, signal.SIGINT)
+        code = up.wait(timeout=60)
+    assert code == 0
+    deadline = time.monotonic() + 10
+    while processes_of(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of(data_dir) == [], "Ctrl-C leaves no process behind"
+    assert redis_pids(redis_port) == []
+
+
+def test_demo(env: dict[str, str], tmp_path: Path) -> None:
+    result = xsd("demo", "--out", str(tmp_path / "demo"), env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = [Path(p) for p in result.stdout.split()]
+    assert path.parent == tmp_path / "demo"
+    assert Image.open(path).size == (2048, 2048)
+    assert processes_of(Path(env["XSD_DATA_DIR"])) == []

@@ -1,0 +1,93 @@
+"""A GPU worker SIGKILLed mid-job: the job still ends, and is charged exactly once."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fixtures.receivers import WebhookReceiver
+from tests.fixtures.stack import Stack, start_stack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def crash_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("crash"), redis_server)
+    yield running
+    running.supervisor.stop(grace=10)
+
+
+def wait_for_status(stack: Stack, key, request_id: str, status: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with stack.client(key) as client:
+        while client.get_generation(request_id)["status"] != status:
+            assert time.monotonic() < deadline, f"{request_id} never became {status}"
+            time.sleep(0.05)
+
+
+def test_sigkill_mid_job(crash_stack: Stack, webhook_receiver: WebhookReceiver) -> None:
+    stack = crash_stack
+    key = stack.new_key()
+    webhook_receiver.secret = key.webhook_secret
+    with stack.client(key) as client:
+        # Several 4K images: long enough on CPU to be caught in the middle.
+        job = client.create_generation(
+            endUserEmail="alice@your-product.com",
+            model="xSD4.5",
+            prompt="a harbour at night",
+            size="4K",
+            n=4,
+            webhookUrl=webhook_receiver.url,
+        )
+        wait_for_status(stack, key, job["requestId"], "processing")
+        worker = stack.supervisor.children["gpu-worker"]
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        assert client.get_generation(job["requestId"])["status"] == "processing"
+        stack.supervisor.spawn("gpu-worker")
+        record = stack.wait(client, job["requestId"], timeout=180)
+    assert record["status"] == "succeeded", record
+    assert len(record["images"]) == 4 and all("url" in i for i in record["images"])
+    assert record["cost"] == {"xTokens": 40}
+    assert stack.balance(key.account) == 960, "charged exactly once"
+    stored = stack.redis.hget(f"xsd:job:{job['requestId']}", "attempt")
+    assert stored == "2", "a second attempt took the job over"
+    (delivery,) = webhook_receiver.wait_for(1)
+    time.sleep(2)
+    assert len(webhook_receiver.deliveries) == 1 and delivery.verified
+
+
+def test_drain_stops_consumption(crash_stack: Stack) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    stack = crash_stack
+    env = stack.supervisor.environment("gpu-worker")
+    hostname = f"gpu@{socket.gethostname()}"
+    drained = subprocess.run(
+        [sys.executable, "-m", "api_shim", "drain", "--hostname", hostname],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "gpu.xsd45.2k" in drained.stdout and "gpu.xsd45.4k" in drained.stdout
+    key = stack.new_key()
+    with stack.client(key) as client:
+        job = client.create_generation(
+            endUserEmail="alice@your-product.com", model="xSD4.5", prompt="a quiet lake"
+        )
+        time.sleep(4)
+        assert client.get_generation(job["requestId"])["status"] == "queued"
+        # A fresh worker (what Kubernetes starts after the drained pod) takes it.
+        worker = stack.supervisor.children["gpu-worker"]
+        worker.terminate()
+        worker.wait(timeout=30)
+        stack.supervisor.spawn("gpu-worker")
+        assert stack.wait(client, job["requestId"])["status"] == "succeeded"

@@ -1,0 +1,104 @@
+"""The beat's tick against real Redis: overdue jobs, due webhooks, retention purge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+
+from scheduler import keys
+from scheduler.celery_app import CPU_QUEUE
+from scheduler.reaper import tick
+from scheduler.records import JobRecord
+from scheduler.runtime import Runtime, init
+from scheduler.settings import Settings
+from scheduler.states import JobStatus
+
+
+@pytest.fixture
+def runtime(redis_url: str, tmp_path: Path) -> Runtime:
+    settings = Settings(
+        data_dir=tmp_path, redis_url=redis_url, api_key_pepper="p", url_signing_key="k"
+    )
+    rt = init(settings)
+    rt.accounts.ensure("acme")
+    rt.accounts.add_credits("acme", 100)
+    return rt
+
+
+def accept(rt: Runtime, *, deadline_ms: int, purge_ms: int, webhook: bool = False) -> JobRecord:
+    now = rt.jobs.now_ms()
+    record = JobRecord(
+        id=f"req_reap{now % 10**12:012d}",
+        account="acme",
+        status=JobStatus.QUEUED,
+        model="xSD4.5",
+        prompt="p",
+        email="alice@your-product.com",
+        created_ms=now,
+        input={"guidanceScale": 7.5, "watermark": False},
+        references=(),
+        image_count=3,
+        seed=1,
+        width=2048,
+        height=2048,
+        charged=30,
+        webhook_url="https://hooks.your-product.com/x" if webhook else None,
+    )
+    rt.jobs.accept(
+        record,
+        deadline_ms=deadline_ms,
+        purge_ms=purge_ms,
+        idempotency_digest=None,
+        fingerprint=None,
+        idempotency_ttl=60,
+    )
+    return record
+
+
+def queued_tasks(client: redis.Redis) -> list[str]:
+    return [json.loads(m)["headers"]["task"] for m in client.lrange(CPU_QUEUE, 0, -1)]
+
+
+def test_overdue_job_fails_with_timeout_and_refund(runtime: Runtime) -> None:
+    now = runtime.jobs.now_ms()
+    record = accept(runtime, deadline_ms=now - 1, purge_ms=now + 10**9, webhook=True)
+    runtime.jobs.claim(record.id, lease_ms=60_000)  # a worker that went silent
+    assert runtime.accounts.info("acme")["balance"] == 70
+    assert tick(runtime)["reaped"] == 1
+    stored = runtime.jobs.get(record.id)
+    assert stored is not None and stored.status is JobStatus.FAILED
+    assert stored.error is not None and stored.error["code"] == "provider_timeout"
+    assert runtime.accounts.info("acme")["balance"] == 100
+    assert queued_tasks(runtime.redis) == ["xsd.webhook"], "the failure notifies at once"
+    assert tick(runtime)["reaped"] == 0, "a second tick changes nothing"
+    assert runtime.accounts.info("acme")["balance"] == 100
+
+
+def test_job_inside_its_deadline_is_left_alone(runtime: Runtime) -> None:
+    now = runtime.jobs.now_ms()
+    record = accept(runtime, deadline_ms=now + 60_000, purge_ms=now + 10**9)
+    assert tick(runtime)["reaped"] == 0
+    assert runtime.jobs.get(record.id).status is JobStatus.QUEUED  # type: ignore[union-attr]
+
+
+def test_due_webhooks_are_dispatched_once(runtime: Runtime) -> None:
+    runtime.jobs.schedule(keys.WEBHOOKS_DUE, "req_due", runtime.jobs.now_ms() - 5)
+    runtime.jobs.schedule(keys.WEBHOOKS_DUE, "req_later", runtime.jobs.now_ms() + 60_000)
+    assert tick(runtime)["webhooks"] == 1
+    assert tick(runtime)["webhooks"] == 0
+    assert queued_tasks(runtime.redis) == ["xsd.webhook"]
+    assert runtime.redis.zscore(keys.WEBHOOKS_DUE, "req_later") is not None
+
+
+def test_purge_removes_record_and_objects(runtime: Runtime) -> None:
+    now = runtime.jobs.now_ms()
+    record = accept(runtime, deadline_ms=now + 60_000, purge_ms=now - 1)
+    key = f"images/acme/{record.id}/0.png"
+    runtime.store.put(key, b"png", content_type="image/png")
+    assert tick(runtime)["purged"] == 1
+    assert runtime.jobs.get(record.id) is None
+    assert runtime.store.delete_prefix(f"images/acme/{record.id}/") == 0
+    assert runtime.redis.zcard(keys.account_jobs("acme")) == 0

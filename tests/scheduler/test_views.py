@@ -1,0 +1,107 @@
+"""The public record's shape, derived status and image items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scheduler.records import ImageResult, JobRecord
+from scheduler.states import JobStatus
+from scheduler.views import iso_time, public_view
+from scheduler.webhooks import backoff_seconds
+from storage import LocalStore
+
+TTL = 82_800
+
+
+def record(**changes) -> JobRecord:
+    base = dict(
+        id="req_abcdefghijklmnop",
+        account="acme",
+        status=JobStatus.QUEUED,
+        model="xSD4.5",
+        prompt="p",
+        email="alice@your-product.com",
+        created_ms=1_700_000_000_123,
+        input={"seed": 1, "responseFormat": "url", "guidanceScale": 7.5, "watermark": False},
+        references=("https://cdn.your-product.com/a.png",),
+        image_count=2,
+        seed=1,
+        width=2048,
+        height=2048,
+        charged=20,
+    )
+    return JobRecord(**{**base, **changes})
+
+
+def store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path, base_url="https://api.test", signing_key=b"k")
+
+
+def view(rec: JobRecord, tmp_path: Path, now_ms: int) -> dict:
+    return public_view(
+        rec, store=store(tmp_path), base_url="https://api.test", ttl_seconds=TTL, now_ms=now_ms
+    )
+
+
+def test_iso_time() -> None:
+    assert iso_time(1_777_751_115_204) == "2026-05-02T19:45:15.204Z"
+
+
+def test_queued_shape(tmp_path: Path) -> None:
+    body = view(record(), tmp_path, 1_700_000_000_500)
+    assert body["pollUrl"] == "https://api.test/v1/generations/req_abcdefghijklmnop"
+    assert body["referencesCount"] == 1 and body["status"] == "queued"
+    assert not {"images", "cost", "error", "finishedAt"} & set(body)
+
+
+def test_succeeded_then_expired(tmp_path: Path) -> None:
+    finished = 1_700_000_100_000
+    images = (
+        ImageResult(index=0, key="images/acme/r/0.png"),
+        ImageResult(index=1, error="storage_failed"),
+    )
+    rec = record(status=JobStatus.SUCCEEDED, finished_ms=finished, images=images, cost=10)
+    body = view(rec, tmp_path, finished + 1000)
+    assert body["cost"] == {"xTokens": 10} and "pollUrl" not in body
+    first, second = body["images"]
+    assert first["id"] == "img_abcdefghijklmnop_0" and "signature=" in first["url"]
+    assert first["expiresAt"] == iso_time(finished + TTL * 1000)
+    assert second == {
+        "id": "img_abcdefghijklmnop_1",
+        "expiresAt": first["expiresAt"],
+        "error": {"code": "storage_failed"},
+    }
+    late = view(rec, tmp_path, finished + TTL * 1000 + 1)
+    assert late["status"] == "expired" and "images" not in late and "cost" not in late
+    assert late["finishedAt"] == body["finishedAt"]
+
+
+def test_b64_of_a_missing_object_is_storage_failed(tmp_path: Path) -> None:
+    rec = record(
+        status=JobStatus.SUCCEEDED,
+        finished_ms=1_700_000_100_000,
+        images=(ImageResult(index=0, key="images/acme/r/0.png"),),
+        input={"seed": 1, "responseFormat": "b64_json", "guidanceScale": 7.5, "watermark": False},
+    )
+    (item,) = view(rec, tmp_path, 1_700_000_100_001)["images"]
+    assert item["error"] == {"code": "storage_failed"}
+
+
+def test_failed_shape(tmp_path: Path) -> None:
+    rec = record(
+        status=JobStatus.FAILED,
+        finished_ms=1_700_000_100_000,
+        error={"code": "provider_error", "message": "x"},
+    )
+    body = view(rec, tmp_path, 1_700_000_200_000)
+    assert (
+        body["error"]["code"] == "provider_error" and "images" not in body and "finishedAt" in body
+    )
+
+
+def test_backoff_doubles_to_a_cap() -> None:
+    delays = [backoff_seconds(a, base=5, cap=3600) for a in range(1, 15)]
+    assert 3.75 <= delays[0] <= 5 and 7.5 <= delays[1] <= 10
+    assert all(d <= 3600 for d in delays) and delays[-1] >= 2700
+    # Retrying for 26 h at the cap takes at least 24 attempts past the ramp.
+    assert sum(min(3600, 5 * 2**i) for i in range(40)) > 26 * 3600

@@ -92,9 +92,9 @@ def send_prepare(job_id: str) -> None:
     app.send_task("xsd.prepare", args=[job_id], queue=CPU_QUEUE)
 
 
-def send_generate(job_id: str, queue: str, *, countdown: float | None = None) -> None:
+def send_generate(job_id: str, queue: str) -> None:
     """Queue a job for a GPU worker."""
-    app.send_task("xsd.generate", args=[job_id], queue=queue, countdown=countdown)
+    app.send_task("xsd.generate", args=[job_id], queue=queue)
 
 
 def send_webhook(job_id: str) -> None:

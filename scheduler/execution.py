@@ -1,10 +1,16 @@
-"""The generate stage (GPU queue): claim, run the pipeline, store the images, finish.
+"""The generate stage (GPU queue): claim a batch, run it on the GPU, finish each job.
 
-A job is claimed with a lease that a background thread renews while the pipeline runs. A
-redelivered message (the first worker died) finds the lease expired and takes the job over
-with a new attempt number; the first worker, should it come back, can no longer finish it.
-A redelivery that finds the lease alive (the first worker is only slow) is put back on the
-queue until the lease ends or the job finishes.
+A batch is what celery-batches gathered: up to ``XSD_BATCH_MAX_JOBS`` messages or what
+arrived within ``XSD_BATCH_WAIT_SECONDS``. Its jobs are claimed (each with a lease and an
+attempt number), planned into forward passes by bucket and pixel budget, and run. Each
+job's outcome is recorded by the batch itself: a failing job fails alone and is refunded,
+its neighbours go on. Images are encoded and stored by a background pool so the GPU starts
+the next pass at once; leases are renewed until each job is finished.
+
+Because messages are acknowledged when the batch returns, possibly before its uploads end,
+recovery does not rely on the broker: a job whose worker died stops having its lease
+renewed, and the beat's tick re-dispatches it (see :mod:`scheduler.reaper`). A re-dispatched
+or redelivered job whose lease is still alive is dropped here: its worker is working on it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -29,7 +37,7 @@ from pipeline import (
 from storage import StorageError
 
 from . import metrics
-from .celery_app import gpu_queue, send_generate
+from .batching import plan_batches
 from .jobs import JobStore
 from .lifecycle import delete_objects, fail_job, succeed_job
 from .objects import image_key
@@ -41,7 +49,7 @@ from .states import JobErrorCode
 if TYPE_CHECKING:
     from pipeline import Generator
 
-__all__ = ["generate", "generator_for", "LeaseKeeper", "store_images"]
+__all__ = ["run_batch", "generator_for", "LeaseKeeper", "store_images", "PNG_COMPRESS_LEVEL"]
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +59,6 @@ PNG_COMPRESS_LEVEL = 3
 
 _generators: dict[str, Generator] = {}
 _generators_lock = threading.Lock()
-
-
-class _IdleClock:
-    """Counts the time this worker's GPU spends between pipeline calls."""
-
-    def __init__(self) -> None:
-        self._last_end: float | None = None
-
-    def busy(self) -> None:
-        if self._last_end is not None:
-            metrics.GPU_IDLE.inc(time.monotonic() - self._last_end)
-
-    def idle(self) -> None:
-        self._last_end = time.monotonic()
-
-
-_idle_clock = _IdleClock()
 
 
 def generator_for(runtime: Runtime, alias: str) -> Generator:
@@ -82,51 +73,70 @@ def generator_for(runtime: Runtime, alias: str) -> Generator:
 
 
 class LeaseKeeper:
-    """Renews a job's lease in the background while the block runs."""
+    """Renews the leases of every job this process holds, from one background thread."""
 
-    def __init__(self, jobs: JobStore, job_id: str, attempt: int, *, lease_ms: int) -> None:
-        self._jobs, self._job_id, self._attempt, self._lease_ms = jobs, job_id, attempt, lease_ms
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
-        self.lost = False
+    def __init__(self, jobs: JobStore, *, lease_ms: int) -> None:
+        self._jobs, self._lease_ms = jobs, lease_ms
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
+        self._thread.start()
+
+    def hold(self, job_id: str, attempt: int) -> None:
+        """Keep renewing this job's lease until :meth:`release`."""
+        with self._lock:
+            self._held[job_id] = attempt
+
+    def release(self, job_id: str) -> None:
+        """Stop renewing (the job is finished, or lost)."""
+        with self._lock:
+            self._held.pop(job_id, None)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._lease_ms / 3000):
-            try:
-                if not self._jobs.renew(self._job_id, self._attempt, lease_ms=self._lease_ms):
-                    self.lost = True
-                    log.warning("lost the lease on %s (attempt %d)", self._job_id, self._attempt)
-                    return
-            except Exception:  # a Redis blip: the next beat retries before the lease ends
-                log.warning("could not renew the lease on %s", self._job_id, exc_info=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        while True:
+            time.sleep(self._lease_ms / 3000)
+            with self._lock:
+                held = list(self._held.items())
+            for job_id, attempt in held:
+                try:
+                    if not self._jobs.renew(job_id, attempt, lease_ms=self._lease_ms):
+                        # Taken over (we were too slow) or gone: our result is stale.
+                        log.warning("lost the lease on %s (attempt %d)", job_id, attempt)
+                        self.release(job_id)
+                except Exception:  # a Redis blip: the next round retries before expiry
+                    log.warning("could not renew the lease on %s", job_id, exc_info=True)
 
 
-def _request_for(runtime: Runtime, record: JobRecord) -> GenerationRequest:
-    assert record.width is not None and record.height is not None
-    references = tuple(
-        decode_image(runtime.store.get(key), max_pixels=runtime.settings.reference_max_pixels)
-        for key in record.reference_keys
-    )
-    return GenerationRequest(
-        request_id=record.id,
-        model=record.model,
-        prompt=record.prompt,
-        width=record.width,
-        height=record.height,
-        seeds=tuple(derive_seed(record.seed, i) for i in range(record.image_count)),
-        guidance_scale=record.guidance_scale,
-        watermark=record.watermark,
-        references=references,
-        sequential=record.sequential,
-    )
+@dataclass
+class _Claimed:
+    record: JobRecord
+    attempt: int
+    request: GenerationRequest
+
+
+class _Worker:
+    """Per-process state of a GPU worker: leases, the upload pool, the idle clock."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        settings = runtime.settings
+        self.leases = LeaseKeeper(runtime.jobs, lease_ms=settings.lease_seconds * 1000)
+        self.uploads = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="upload")
+        # Bounds images waiting for upload, so a slow store slows the GPU instead of
+        # filling memory.
+        self.backlog = threading.BoundedSemaphore(settings.batch_max_jobs * 2)
+        self.last_pass_end: float | None = None
+
+
+_worker: _Worker | None = None
+_worker_lock = threading.Lock()
+
+
+def _state(runtime: Runtime) -> _Worker:
+    global _worker
+    with _worker_lock:
+        if _worker is None:
+            _worker = _Worker(runtime)
+        return _worker
 
 
 def store_images(
@@ -156,58 +166,162 @@ def store_images(
     return results
 
 
-def generate(runtime: Runtime, job_id: str) -> None:
-    """Run one job on this worker."""
+def _request_for(runtime: Runtime, record: JobRecord) -> GenerationRequest:
+    assert record.width is not None and record.height is not None
+    references = tuple(
+        decode_image(runtime.store.get(key), max_pixels=runtime.settings.reference_max_pixels)
+        for key in record.reference_keys
+    )
+    return GenerationRequest(
+        request_id=record.id,
+        model=record.model,
+        prompt=record.prompt,
+        width=record.width,
+        height=record.height,
+        seeds=tuple(derive_seed(record.seed, i) for i in range(record.image_count)),
+        guidance_scale=record.guidance_scale,
+        watermark=record.watermark,
+        references=references,
+        sequential=record.sequential,
+    )
+
+
+def _fail(
+    runtime: Runtime,
+    state: _Worker,
+    record: JobRecord,
+    attempt: int,
+    code: JobErrorCode,
+    message: str,
+) -> None:
+    fail_job(runtime, record, code, message, attempt=attempt)
+    state.leases.release(record.id)
+
+
+def _claim_all(runtime: Runtime, state: _Worker, job_ids: Sequence[str]) -> list[_Claimed]:
     lease_ms = runtime.settings.lease_seconds * 1000
-    claim = runtime.jobs.claim(job_id, lease_ms=lease_ms)
-    if claim.outcome == "busy":
+    claimed = []
+    for job_id in dict.fromkeys(job_ids):  # a job queued twice runs once
+        claim = runtime.jobs.claim(job_id, lease_ms=lease_ms)
+        if claim.outcome != "claimed":
+            continue  # busy: its worker is on it; terminal or gone: nothing to do
         record = runtime.jobs.get(job_id)
-        if record is not None and record.width and record.height:
-            wait = max(1.0, (claim.lease_until_ms - runtime.jobs.now_ms()) / 1000 + 1)
-            send_generate(
-                job_id,
-                gpu_queue(record.model, size_class(record.width, record.height)),
-                countdown=wait,
-            )
-        return
-    if claim.outcome != "claimed":
-        return
-    record = runtime.jobs.get(job_id)
-    if record is None or record.width is None or record.height is None:
-        return
-    klass = size_class(record.width, record.height)
-    metrics.QUEUE_WAIT.labels(klass).observe((runtime.jobs.now_ms() - record.created_ms) / 1000)
-    with LeaseKeeper(runtime.jobs, job_id, claim.attempt, lease_ms=lease_ms):
+        if record is None or record.width is None or record.height is None:
+            continue
+        state.leases.hold(job_id, claim.attempt)
+        waited = (runtime.jobs.now_ms() - record.created_ms) / 1000
+        metrics.QUEUE_WAIT.labels(size_class(record.width, record.height)).observe(waited)
         try:
             request = _request_for(runtime, record)
-            _idle_clock.busy()
-            started = time.monotonic()
-            try:
-                images = generator_for(runtime, record.model).generate(request)
-            finally:
-                _idle_clock.idle()
-            metrics.GPU_SECONDS.labels(klass).observe(time.monotonic() - started)
-        except InvalidInput as exc:
-            fail_job(
-                runtime, record, JobErrorCode.VALIDATION_ERROR, str(exc), attempt=claim.attempt
-            )
-            return
-        except (PipelineError, StorageError, RuntimeError) as exc:
-            log.exception("generation of %s failed", job_id)
-            fail_job(
+        except (StorageError, PipelineError) as exc:
+            log.exception("could not load the references of %s", job_id)
+            _fail(
                 runtime,
+                state,
                 record,
-                JobErrorCode.PROVIDER_ERROR,
-                f"The model could not generate the images ({type(exc).__name__}); the request "
+                claim.attempt,
+                JobErrorCode.INTERNAL_ERROR,
+                f"The job's references could not be read ({type(exc).__name__}); the request "
                 "was refunded.",
-                attempt=claim.attempt,
             )
-            return
-        metrics.BATCH_JOBS.observe(1)
-        metrics.BATCH_IMAGES.observe(len(images))
-        metrics.IMAGES_GENERATED.inc(len(images))
-        results = store_images(runtime, record, images)
-    finish = succeed_job(runtime, record, claim.attempt, results)
-    if finish.outcome == "gone":
-        # Deleted while we ran: nothing may keep what we just uploaded.
-        delete_objects(runtime, record)
+            continue
+        claimed.append(_Claimed(record, claim.attempt, request))
+    return claimed
+
+
+def _finish(runtime: Runtime, state: _Worker, job: _Claimed, images: list[Image.Image]) -> None:
+    """Background: store the images and record the success (or the storage failures)."""
+    try:
+        results = store_images(runtime, job.record, images)
+        finish = succeed_job(runtime, job.record, job.attempt, results)
+        if finish.outcome == "gone":
+            # Deleted while we ran: nothing may keep what we just uploaded.
+            delete_objects(runtime, job.record)
+    except Exception:
+        log.exception(
+            "could not finish %s; its lease will lapse and it will be retried", job.record.id
+        )
+    finally:
+        state.leases.release(job.record.id)
+        state.backlog.release()
+
+
+def _run_pass(runtime: Runtime, state: _Worker, generator: Generator, jobs: list[_Claimed]) -> None:
+    requests = [job.request for job in jobs]
+    images = sum(len(request.seeds) for request in requests)
+    biggest = max(requests, key=lambda request: request.width * request.height)
+    klass = size_class(biggest.width, biggest.height)
+    if state.last_pass_end is not None:
+        metrics.GPU_IDLE.inc(time.monotonic() - state.last_pass_end)
+    started = time.monotonic()
+    try:
+        outcomes = generator.generate_batch(
+            requests, on_step=lambda _, seconds: metrics.DENOISE_STEP.observe(seconds)
+        )
+    finally:
+        state.last_pass_end = time.monotonic()
+    metrics.GPU_SECONDS.labels(klass).observe(state.last_pass_end - started)
+    metrics.BATCH_JOBS.observe(len(jobs))
+    metrics.BATCH_IMAGES.observe(images)
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        if isinstance(outcome, InvalidInput):
+            _fail(
+                runtime, state, job.record, job.attempt, JobErrorCode.VALIDATION_ERROR, str(outcome)
+            )
+        elif isinstance(outcome, PipelineError):
+            _fail(
+                runtime,
+                state,
+                job.record,
+                job.attempt,
+                JobErrorCode.PROVIDER_ERROR,
+                f"The model could not generate the images ({outcome}); the request was refunded.",
+            )
+        else:
+            metrics.IMAGES_GENERATED.inc(len(outcome))
+            state.backlog.acquire()
+            state.uploads.submit(_finish, runtime, state, job, outcome)
+
+
+def run_batch(runtime: Runtime, job_ids: Sequence[str]) -> None:
+    """Run the jobs of one batch; every job ends recorded, whatever happens to the others."""
+    state = _state(runtime)
+    claimed = _claim_all(runtime, state, job_ids)
+    by_model: dict[str, list[_Claimed]] = {}
+    for job in claimed:
+        by_model.setdefault(job.record.model, []).append(job)
+    for model, jobs in by_model.items():
+        try:
+            generator = generator_for(runtime, model)
+        except PipelineError as exc:
+            for job in jobs:
+                message = f"{exc} The request was refunded."
+                _fail(runtime, state, job.record, job.attempt, JobErrorCode.PROVIDER_ERROR, message)
+            continue
+        passes = plan_batches(
+            jobs,
+            bucket_of=lambda job, g=generator: g.bucket(job.request),
+            images_of=lambda job: len(job.request.seeds),
+            pixel_budget=_pixel_budget(runtime, generator),
+        )
+        for members in passes:
+            try:
+                _run_pass(runtime, state, generator, members)
+            except Exception:
+                # generate_batch isolates request failures; this is a bug or a dead GPU.
+                log.exception("a pass of %d jobs failed", len(members))
+                for job in members:
+                    _fail(
+                        runtime,
+                        state,
+                        job.record,
+                        job.attempt,
+                        JobErrorCode.INTERNAL_ERROR,
+                        "The worker failed while generating; the request was refunded.",
+                    )
+
+
+def _pixel_budget(runtime: Runtime, generator: Generator) -> int:
+    # The budget is set in SDXL pixels (8 MP = eight 1024x1024 images); a model with a
+    # smaller base resolution (tiny) gets the same number of images per pass.
+    return runtime.settings.gpu_pixel_budget * generator.spec.base_resolution**2 // 1024**2

@@ -210,8 +210,8 @@ class JobStore:
     def claim(self, job_id: str, *, lease_ms: int) -> Claim:
         """Claim a job for processing; see :class:`Claim`."""
         outcome, detail = self._scripts.claim(
-            keys=[keys.job(job_id)],
-            args=[self.now_ms(), lease_ms, _allowed_sources(JobStatus.PROCESSING, None)],
+            keys=[keys.job(job_id), keys.LEASES],
+            args=[self.now_ms(), lease_ms, _allowed_sources(JobStatus.PROCESSING, None), job_id],
         )
         if outcome == "claimed":
             return Claim(outcome, attempt=int(detail))
@@ -223,21 +223,16 @@ class JobStore:
         """Extend the lease of a job this attempt still owns."""
         return bool(
             self._scripts.renew(
-                keys=[keys.job(job_id)],
-                args=[
-                    JobStatus.PROCESSING.value,
-                    attempt,
-                    "lease_until_ms",
-                    self.now_ms() + lease_ms,
-                ],
+                keys=[keys.job(job_id), keys.LEASES],
+                args=[attempt, self.now_ms() + lease_ms, job_id],
             )
         )
 
     def update_queued(self, job_id: str, fields: dict[str, str]) -> bool:
         """Set fields on a job that is still queued (prepare-stage results)."""
         return bool(
-            self._scripts.renew(
-                keys=[keys.job(job_id)], args=[JobStatus.QUEUED.value, "", *_flatten(fields)]
+            self._scripts.update(
+                keys=[keys.job(job_id)], args=[JobStatus.QUEUED.value, *_flatten(fields)]
             )
         )
 
@@ -310,6 +305,7 @@ class JobStore:
                 keys.ACTIVE,
                 keys.usage(record.account, record.email),
                 keys.WEBHOOKS_DUE,
+                keys.LEASES,
             ],
             args=[
                 _allowed_sources(target, only),
@@ -346,6 +342,7 @@ class JobStore:
                 keys.PURGE,
                 keys.usage(record.account, record.email),
                 keys.WEBHOOKS_DUE,
+                keys.LEASES,
             ],
             args=[record.id, _joined(ACTIVE_STATUSES)],
         )

@@ -19,6 +19,7 @@ __all__ = [
     "ACTIVE",
     "PURGE",
     "WEBHOOKS_DUE",
+    "LEASES",
 ]
 
 _P = "xsd:"
@@ -29,6 +30,9 @@ ACTIVE = _P + "active"
 PURGE = _P + "purge"
 # Jobs whose webhook is due, scored by the next attempt time (ms).
 WEBHOOKS_DUE = _P + "webhooks:due"
+# Processing jobs scored by the end of their worker's lease (ms): the tick re-dispatches
+# jobs whose worker stopped renewing (it died), whatever became of their broker message.
+LEASES = _P + "leases"
 
 
 def account(name: str) -> str:

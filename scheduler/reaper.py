@@ -11,13 +11,14 @@ import logging
 from storage import StorageError
 
 from . import keys
-from .celery_app import send_webhook
+from .celery_app import gpu_queue, send_generate, send_webhook
 from .jobs import ACTIVE_STATUSES
 from .lifecycle import delete_job, fail_job
 from .runtime import Runtime
-from .states import JobErrorCode
+from .sizes import size_class
+from .states import JobErrorCode, JobStatus
 
-__all__ = ["tick", "reap_overdue", "dispatch_webhooks", "purge_expired"]
+__all__ = ["tick", "reap_overdue", "redispatch_stale", "dispatch_webhooks", "purge_expired"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,25 @@ def reap_overdue(runtime: Runtime, now_ms: int) -> int:
             "the request was refunded.",
         )
         count += int(finish.ok)
+    return count
+
+
+def redispatch_stale(runtime: Runtime, now_ms: int) -> int:
+    """Queue again the processing jobs whose worker stopped renewing its lease (it died
+    or hung): a live worker will take them over under a new attempt number. Each stale
+    job is re-sent at most once per lease period."""
+    count = 0
+    lease_ms = runtime.settings.lease_seconds * 1000
+    for job_id in runtime.jobs.due(keys.LEASES, now_ms=now_ms):
+        record = runtime.jobs.get(job_id)
+        if record is None or record.status is not JobStatus.PROCESSING or not record.width:
+            runtime.jobs.take_due(keys.LEASES, job_id)
+            continue
+        assert record.height is not None
+        runtime.jobs.schedule(keys.LEASES, job_id, now_ms + lease_ms)
+        send_generate(job_id, gpu_queue(record.model, size_class(record.width, record.height)))
+        log.warning("re-dispatched %s: its worker's lease ran out", job_id)
+        count += 1
     return count
 
 
@@ -72,6 +92,7 @@ def tick(runtime: Runtime) -> dict[str, int]:
     now_ms = runtime.jobs.now_ms()
     done = {
         "reaped": reap_overdue(runtime, now_ms),
+        "redispatched": redispatch_stale(runtime, now_ms),
         "webhooks": dispatch_webhooks(runtime, now_ms),
         "purged": purge_expired(runtime, now_ms),
     }

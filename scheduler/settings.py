@@ -76,6 +76,21 @@ class Settings(BaseSettings):
     webhook_backoff_base_seconds: float = Field(5.0, gt=0)
     webhook_backoff_max_seconds: float = Field(3600.0, gt=0)
 
+    batch_max_jobs: int = Field(
+        8, gt=0, description="Jobs a GPU worker gathers into one batch at most."
+    )
+    batch_wait_seconds: float = Field(
+        0.5, gt=0, description="How long a GPU worker waits for a batch to fill."
+    )
+    gpu_pixel_budget: int = Field(
+        8 * 1024 * 1024,
+        gt=0,
+        description="Generation pixels (images x bucket area) in one forward pass.",
+    )
+    upload_threads: int = Field(
+        4, gt=0, description="Threads that encode and store images behind the GPU."
+    )
+
     tick_seconds: float = Field(5.0, gt=0, description="Period of the beat's reaper tick.")
     broker_visibility_timeout: int = Field(
         900, gt=0, description="Seconds before an unacked Celery message is redelivered."

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from celery_batches import Batches, SimpleRequest
+
 from .celery_app import app
-from .execution import generate
+from .execution import run_batch
 from .prepare import prepare
 from .reaper import tick
 from .runtime import current
 from .webhooks import deliver
 
-__all__ = ["prepare_task", "generate_task", "webhook_task", "tick_task"]
+__all__ = ["prepare_task", "generate_task", "webhook_task", "tick_task", "configure_batching"]
 
 
 @app.task(name="xsd.prepare")
@@ -18,10 +20,17 @@ def prepare_task(job_id: str) -> None:
     prepare(current(), job_id)
 
 
-@app.task(name="xsd.generate")
-def generate_task(job_id: str) -> None:
-    """Generate one job's images on this (GPU) worker."""
-    generate(current(), job_id)
+@app.task(name="xsd.generate", base=Batches, flush_every=8, flush_interval=0.5)
+def generate_task(requests: list[SimpleRequest]) -> None:
+    """Generate the images of a batch of jobs on this (GPU) worker. The batch size and
+    wait are set from the settings when the worker starts (``configure_batching``)."""
+    run_batch(current(), [request.args[0] for request in requests])
+
+
+def configure_batching(*, max_jobs: int, wait_seconds: float) -> None:
+    """Apply ``XSD_BATCH_MAX_JOBS`` and ``XSD_BATCH_WAIT_SECONDS`` to the batch task."""
+    generate_task.flush_every = max_jobs
+    generate_task.flush_interval = wait_seconds
 
 
 @app.task(name="xsd.webhook")

@@ -55,7 +55,15 @@ def run_worker(
         metrics.register_once("gpu", metrics.GpuCollector())
     argv = ["worker", "--queues", ",".join(names), "--pool", pool, "--loglevel", "INFO"]
     argv += ["--without-gossip", "--without-mingle"]
-    if not gpu:
+    if gpu:
+        from .tasks import configure_batching
+
+        configure_batching(
+            max_jobs=settings.batch_max_jobs, wait_seconds=settings.batch_wait_seconds
+        )
+        # celery-batches only sees prefetched messages: the prefetch must exceed a batch.
+        argv += ["--prefetch-multiplier", str(settings.batch_max_jobs * 2)]
+    else:
         argv += ["--concurrency", str(concurrency or 8)]
     if hostname:
         argv += ["--hostname", hostname]

@@ -1,7 +1,7 @@
 -- A worker claims a job: queued -> processing, or takes over a processing job whose
 -- claimant stopped renewing its lease. Each claim gets a new attempt number.
--- KEYS: 1 job
--- ARGV: 1 now (ms), 2 lease (ms), 3 allowed source statuses, comma separated
+-- KEYS: 1 job, 2 leases set
+-- ARGV: 1 now (ms), 2 lease (ms), 3 allowed source statuses, comma separated, 4 job id
 -- Returns {claimed, attempt} | {busy, lease_until_ms} | {terminal, status} | {gone, ''}
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'gone', ''} end
@@ -14,6 +14,8 @@ if status == 'processing' then
   if lease > now then return {'busy', tostring(lease)} end
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'status', 'processing', 'lease_until_ms', now + tonumber(ARGV[2]))
+local lease_until = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'processing', 'lease_until_ms', lease_until)
 redis.call('HSETNX', KEYS[1], 'started_ms', ARGV[1])
+redis.call('ZADD', KEYS[2], lease_until, ARGV[4])
 return {'claimed', tostring(attempt)}

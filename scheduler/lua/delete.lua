@@ -1,6 +1,6 @@
 -- Delete a job's record and index entries; a job not yet terminal is refunded first.
 -- KEYS: 1 job, 2 account, 3 user index, 4 account index, 5 active set, 6 purge set,
---       7 usage hash, 8 webhooks-due set
+--       7 usage hash, 8 webhooks-due set, 9 leases set
 -- ARGV: 1 job id, 2 non-terminal statuses (comma separated)
 -- Returns {deleted, refund} | {gone, ''}
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -18,4 +18,5 @@ end
 redis.call('DEL', KEYS[1])
 for i = 3, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
 redis.call('ZREM', KEYS[8], ARGV[1])
+redis.call('ZREM', KEYS[9], ARGV[1])
 return {'deleted', tostring(refund)}

@@ -1,6 +1,6 @@
 -- Finish a job: move it to a terminal status and refund what was not delivered, once.
 -- Success refunds the images that were not stored; failure refunds everything left.
--- KEYS: 1 job, 2 account, 3 active set, 4 usage hash, 5 webhooks-due set
+-- KEYS: 1 job, 2 account, 3 active set, 4 usage hash, 5 webhooks-due set, 6 leases set
 -- ARGV: 1 allowed source statuses (comma separated), 2 expected attempt ('' = any),
 --       3 now (ms), 4 target status, 5 net cost in xTokens (ignored on failure),
 --       6 delivered images, 7 webhook first-attempt time (ms, '' = no webhook),
@@ -27,11 +27,13 @@ if refund > 0 then
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_ms', ARGV[3], 'cost', cost,
   unpack(ARGV, 9))
-redis.call('ZREM', KEYS[3], redis.call('HGET', KEYS[1], 'id'))
+local id = redis.call('HGET', KEYS[1], 'id')
+redis.call('ZREM', KEYS[3], id)
+redis.call('ZREM', KEYS[6], id)
 redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
 redis.call('HINCRBY', KEYS[4], 'images', tonumber(ARGV[6]))
 redis.call('HINCRBY', KEYS[4], 'policy_violations', tonumber(ARGV[8]))
 if ARGV[7] ~= '' then
-  redis.call('ZADD', KEYS[5], ARGV[7], redis.call('HGET', KEYS[1], 'id'))
+  redis.call('ZADD', KEYS[5], ARGV[7], id)
 end
 return {'ok', tostring(refund)}

@@ -185,6 +185,34 @@ def test_signed_urls_are_checked(stack: Stack) -> None:
     assert httpx.get(stretched).status_code == 403
 
 
+
+def test_concurrent_jobs_share_batches(stack: Stack) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = stack.supervisor.metrics_ports()["gpu-worker"]
+
+    def multi_job_passes() -> float:
+        text = scrape(port)
+        values = {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("xsd_batch_jobs_")
+        }
+        return values["xsd_batch_jobs_count"] - values['xsd_batch_jobs_bucket{le="1.0"}']
+
+    before = multi_job_passes()
+    key = stack.new_key()
+    with stack.client(key) as client, ThreadPoolExecutor(6) as pool:
+        jobs = list(
+            pool.map(
+                lambda i: client.create_generation(**BASE, prompt=f"boat {i}", seed=i), range(6)
+            )
+        )
+        records = [stack.wait(client, job["requestId"]) for job in jobs]
+    assert all(r["status"] == "succeeded" for r in records)
+    assert multi_job_passes() > before, "concurrently queued jobs share a forward pass"
+
+
 def scrape(port: int) -> str:
     response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
     assert response.status_code == 200

@@ -14,7 +14,7 @@ from scheduler.reaper import tick
 from scheduler.records import JobRecord
 from scheduler.runtime import Runtime, init
 from scheduler.settings import Settings
-from scheduler.states import JobStatus
+from scheduler.states import JobErrorCode, JobStatus
 
 
 @pytest.fixture
@@ -102,3 +102,17 @@ def test_purge_removes_record_and_objects(runtime: Runtime) -> None:
     assert runtime.jobs.get(record.id) is None
     assert runtime.store.delete_prefix(f"images/acme/{record.id}/") == 0
     assert runtime.redis.zcard(keys.account_jobs("acme")) == 0
+
+
+def test_stale_lease_is_redispatched_once_per_lease(runtime: Runtime) -> None:
+    now = runtime.jobs.now_ms()
+    record = accept(runtime, deadline_ms=now + 600_000, purge_ms=now + 10**9)
+    runtime.jobs.claim(record.id, lease_ms=1)  # a worker that died right after claiming
+    runtime.redis.zadd(keys.LEASES, {record.id: now - 10})
+    assert tick(runtime)["redispatched"] == 1
+    assert [
+        json.loads(m)["headers"]["task"] for m in runtime.redis.lrange("gpu.xsd45.2k", 0, -1)
+    ] == ["xsd.generate"]
+    assert tick(runtime)["redispatched"] == 0, "not again within the lease period"
+    runtime.jobs.fail(record, JobErrorCode.PROVIDER_ERROR, "x", webhook_at_ms=None)
+    assert runtime.redis.zscore(keys.LEASES, record.id) is None, "finishing clears the lease"

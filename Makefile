@@ -3,15 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+HELM_STAMP := $(VENV)/.helm-installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-helm lint venv clean
 
 demo: $(STAMP)
 	$(BIN)/xsd demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/helm
+	$(MAKE) test-helm
+
+# The chart tests render helm/xsd with Helm as a library: their own extra and stamp.
+test-helm: $(HELM_STAMP)
+	$(BIN)/python -m pytest tests/helm -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,6 +35,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[inference,test]'
 	$(BIN)/pip install --quiet --no-deps clip-anytorch==2.6.0
 	touch $(STAMP)
+
+$(HELM_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install --quiet -e '.[helm]'
+	touch $(HELM_STAMP)
 
 clean:
 	rm -rf $(VENV) .xsd demo-output .pytest_cache

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["EmbeddedRedis", "redis_binary", "find_running", "free_port", "embedded_or_running"]
+__all__ = [
+    "EmbeddedRedis",
+    "redis_binary",
+    "find_running",
+    "free_port",
+    "free_port_block",
+    "embedded_or_running",
+]
 
 
 def redis_binary() -> str:
@@ -39,6 +46,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def free_port_block(size: int) -> int:
+    """A port such that it and the next ``size - 1`` ports are all free right now (the
+    supervisor gives each worker the base metrics port plus an offset)."""
+    for _ in range(50):
+        base = free_port()
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("No block of free ports was found.")
 
 
 def _answers(url: str) -> bool:

@@ -17,11 +17,20 @@ def make_store(settings: Settings) -> ObjectStore:
     if settings.storage == "s3":
         if not settings.s3_bucket:
             raise ValueError("XSD_STORAGE=s3 needs XSD_S3_BUCKET.")
+        key_id, secret = settings.s3_signing_access_key_id, settings.s3_signing_secret_access_key
+        if (key_id is None) != (secret is None):
+            raise ValueError(
+                "Set both XSD_S3_SIGNING_ACCESS_KEY_ID and XSD_S3_SIGNING_SECRET_ACCESS_KEY, "
+                "or neither."
+            )
         return S3Store(
             settings.s3_bucket,
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             prefix=settings.s3_prefix,
+            signing_credentials=(key_id.get_secret_value(), secret.get_secret_value())
+            if key_id and secret
+            else None,
         )
     return LocalStore(
         settings.objects_dir, base_url=settings.base_url(), signing_key=settings.signing_key

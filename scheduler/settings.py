@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_prefix: str = Field("", description="Key prefix inside the bucket.")
+    s3_signing_access_key_id: SecretStr | None = Field(
+        None, description="Long-lived key that only signs URLs (23 h outlives IRSA sessions)."
+    )
+    s3_signing_secret_access_key: SecretStr | None = None
 
     public_base_url: str | None = Field(
         None, description="Base of pollUrl and of local signed file URLs."

@@ -4,6 +4,8 @@ A presigned URL dies with the credentials that signed it, whatever its ``Expires
 With IRSA or other STS session credentials that is about an hour, so the API's 23-hour URLs
 need a long-lived signing identity (an IAM user's access key, kept as a secret) or CloudFront
 signed URLs in front of the bucket. SigV4 itself caps ``ExpiresIn`` at seven days.
+``signing_credentials`` gives that identity a client of its own that only signs URLs, so
+uploads and deletes keep using the workload's short-lived (IRSA) credentials.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class S3Store:
     path-style addressing. ``client`` replaces the boto3 client this class would build;
     ``endpoint_url`` and ``region`` are then ignored. ``page_size`` (1-1000) is how many keys
     ``delete_prefix`` lists and deletes per request; only tests need less than the maximum.
+    ``signing_credentials`` (access key id, secret) sign the presigned URLs and nothing else.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class S3Store:
         prefix: str = "",
         client: BaseClient | None = None,
         page_size: int = _MAX_PAGE_SIZE,
+        signing_credentials: tuple[str, str] | None = None,
     ) -> None:
         if not bucket:
             raise ValueError("bucket must name an S3 bucket, got an empty string.")
@@ -58,6 +62,12 @@ class S3Store:
         self.prefix = validate_prefix(prefix) if prefix else ""
         self._page_size = page_size
         self._client = client if client is not None else _make_client(endpoint_url, region)
+        # Signing is local (no request is made), so this client never touches the bucket.
+        self._signer = (
+            _make_client(endpoint_url, region, credentials=signing_credentials)
+            if signing_credentials
+            else self._client
+        )
 
     def put(self, key: str, data: bytes, *, content_type: str) -> None:
         """Upload the object with its content type; ``UploadFailed`` on any S3 error."""
@@ -151,7 +161,7 @@ class S3Store:
                 f"most {MAX_PRESIGN_SECONDS} seconds."
             )
         try:
-            return self._client.generate_presigned_url(
+            return self._signer.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": full_key},
                 ExpiresIn=expires_in,
@@ -197,7 +207,9 @@ class S3Store:
         )
 
 
-def _make_client(endpoint_url: str | None, region: str) -> BaseClient:
+def _make_client(
+    endpoint_url: str | None, region: str, *, credentials: tuple[str, str] | None = None
+) -> BaseClient:
     # Custom endpoints rarely resolve virtual-host bucket names (bucket.localhost), hence
     # path-style there; AWS itself keeps its default.
     s3_options = {"addressing_style": "path"} if endpoint_url else None
@@ -211,7 +223,14 @@ def _make_client(endpoint_url: str | None, region: str) -> BaseClient:
     # A private Session: boto3's default session is shared and not safe to build clients
     # from in several threads at once.
     session = boto3.session.Session()
-    return session.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
+    keys = (
+        {"aws_access_key_id": credentials[0], "aws_secret_access_key": credentials[1]}
+        if credentials
+        else {}
+    )
+    return session.client(
+        "s3", region_name=region, endpoint_url=endpoint_url, config=config, **keys
+    )
 
 
 def _reason(exc: Exception) -> str:

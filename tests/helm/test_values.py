@@ -20,6 +20,8 @@ DERIVED = {
     "moderation_blocklist": "moderation.blocklist (ConfigMap, file)",
     "api_key_pepper": "secrets.apiKeyPepper (Secret)",
     "url_signing_key": "secrets.urlSigningKey (Secret)",
+    "s3_signing_access_key_id": "secrets.s3Signing (Secret)",
+    "s3_signing_secret_access_key": "secrets.s3Signing (Secret)",
     "host": "the api container's --host argument",
     "port": "the api container's --port argument (api.port)",
 }
@@ -103,7 +105,8 @@ def test_every_setting_reaches_the_processes(render) -> None:
         "device": "cuda:0",
         "publicBaseUrl": "https://api.example.net",
     }
-    manifests = render(merged(GPU_KEDA_MONITORING, config=optional))
+    signer = {"s3Signing": {"accessKeyId": "AKIASIGNER", "secretAccessKey": "s"}}
+    manifests = render(merged(GPU_KEDA_MONITORING, config=optional, secrets=signer))
     config = manifests.get("ConfigMap", f"{PREFIX}-config")["data"]
     (api,) = manifests.get("Deployment", f"{PREFIX}-api")["spec"]["template"]["spec"]["containers"]
     delivered = set(config) | {e["name"] for e in api["env"] if e["name"].startswith("XSD_")}

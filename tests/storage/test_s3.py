@@ -201,3 +201,13 @@ def test_keys_are_validated_before_any_request(store: S3Store) -> None:
 def test_page_size_is_bounded() -> None:
     with pytest.raises(ValueError, match="page_size"):
         S3Store("bucket", endpoint_url="http://127.0.0.1:9", page_size=1001)
+
+
+def test_separate_signing_credentials(s3_bucket: tuple[str, str]) -> None:
+    endpoint, bucket = s3_bucket
+    store = S3Store(bucket, endpoint_url=endpoint, signing_credentials=("AKIASIGNER", "secret"))
+    store.put("images/a/b/0.png", b"png", content_type="image/png")
+    url = store.signed_url("images/a/b/0.png", expires_at=int(time.time()) + 82_800)
+    query = parse_qs(urlsplit(url).query)
+    assert query["X-Amz-Credential"][0].startswith("AKIASIGNER/")
+    assert httpx.get(url).content == b"png"

@@ -159,21 +159,31 @@ key: {{ .item.key }}
 {{- end -}}
 
 {{/* AWS credentials from a Secret, when given (with IRSA there are none). */}}
-{{- define "xsd.awsEnv" -}}
-{{- $s3 := .Values.secrets.s3 -}}
-{{- if or $s3.existingSecret $s3.accessKeyId -}}
-{{- $name := $s3.existingSecret | default (include "xsd.fullname" .) -}}
-- name: AWS_ACCESS_KEY_ID
+{{/*
+Env vars of an access-key pair (secrets.s3 or secrets.s3Signing), from the chart's Secret
+or the block's existingSecret; nothing when the block is empty.
+Call with (dict "root" $ "block" <block> "idEnv" NAME "secretEnv" NAME).
+*/}}
+{{- define "xsd.keyPairEnv" -}}
+{{- $block := .block -}}
+{{- if or $block.existingSecret $block.accessKeyId -}}
+{{- $name := $block.existingSecret | default (include "xsd.fullname" .root) -}}
+- name: {{ .idEnv }}
   valueFrom:
     secretKeyRef:
       name: {{ $name }}
-      key: {{ $s3.accessKeyIdKey }}
-- name: AWS_SECRET_ACCESS_KEY
+      key: {{ $block.accessKeyIdKey }}
+- name: {{ .secretEnv }}
   valueFrom:
     secretKeyRef:
       name: {{ $name }}
-      key: {{ $s3.secretAccessKeyKey }}
+      key: {{ $block.secretAccessKeyKey }}
 {{- end -}}
+{{- end -}}
+
+{{/* AWS credentials for S3 and the weights init container (secrets.s3). */}}
+{{- define "xsd.awsEnv" -}}
+{{- include "xsd.keyPairEnv" (dict "root" . "block" .Values.secrets.s3 "idEnv" "AWS_ACCESS_KEY_ID" "secretEnv" "AWS_SECRET_ACCESS_KEY") -}}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------- pods */}}
@@ -214,6 +224,9 @@ env:
       secretKeyRef:
         {{- include "xsd.secretKeyRef" (dict "root" . "item" .Values.secrets.urlSigningKey) | nindent 8 }}
   {{- with include "xsd.awsEnv" . }}
+  {{- . | nindent 2 }}
+  {{- end }}
+  {{- with include "xsd.keyPairEnv" (dict "root" . "block" .Values.secrets.s3Signing "idEnv" "XSD_S3_SIGNING_ACCESS_KEY_ID" "secretEnv" "XSD_S3_SIGNING_SECRET_ACCESS_KEY") }}
   {{- . | nindent 2 }}
   {{- end }}
 {{- end -}}

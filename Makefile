@@ -25,15 +25,12 @@ lint: $(STAMP)
 venv: $(STAMP)
 
 # torch is installed first and on its own so that pip takes the CPU wheel of the pinned
-# release instead of resolving a multi-gigabyte CUDA build. clip-anytorch is installed
-# without its dependencies: only its CLIP BPE vocabulary file is used, and its declared
-# torchvision dependency would pull a CUDA torch.
+# release instead of resolving a multi-gigabyte CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[inference,test]'
-	$(BIN)/pip install --quiet --no-deps clip-anytorch==2.6.0
 	touch $(STAMP)
 
 $(HELM_STAMP): pyproject.toml $(STAMP)

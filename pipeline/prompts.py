@@ -1,22 +1,19 @@
 """Prompt text: CLIP BPE tokens, and the items a prompt enumerates.
 
-The tokenizer is CLIP's byte-level BPE (the vocabulary file ships inside the
-``clip-anytorch`` wheel), rebuilt with the Rust ``tokenizers`` library: it gives the same
-ids as transformers' ``CLIPTokenizer``, imports in milliseconds and needs no model hub, so
-the HTTP shim can count tokens on every request.
+The tokenizer is CLIP's byte-level BPE (its vocabulary ships in ``pipeline/data``, MIT
+licensed, see CLIP-LICENSE.txt there), rebuilt with the Rust ``tokenizers`` library: it
+gives the same ids as transformers' ``CLIPTokenizer``, imports in milliseconds and needs no
+model hub, so the HTTP shim can count tokens on every request.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import re
 from functools import cache
-from pathlib import Path
+from importlib import resources
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-
-from .errors import ModelUnavailable
 
 __all__ = [
     "BOS_ID",
@@ -37,17 +34,6 @@ _PATTERN = (
 )
 
 
-def _vocabulary_file() -> Path:
-    # find_spec locates the package without importing it (importing `clip` imports torch).
-    spec = importlib.util.find_spec("clip")
-    if spec is None or spec.origin is None:
-        raise ModelUnavailable(
-            "The CLIP vocabulary is missing: install clip-anytorch (pip install --no-deps "
-            "clip-anytorch==2.6.0), as the Makefile does."
-        )
-    return Path(spec.origin).parent / "bpe_simple_vocab_16e6.txt.gz"
-
-
 def _byte_alphabet() -> list[str]:
     """GPT-2's reversible byte-to-unicode table, in CLIP's order."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
@@ -64,7 +50,8 @@ def _byte_alphabet() -> list[str]:
 @cache
 def clip_tokenizer() -> Tokenizer:
     """CLIP's tokenizer, without BOS/EOS (callers add them per 77-token window)."""
-    with gzip.open(_vocabulary_file()) as handle:
+    vocabulary = resources.files("pipeline").joinpath("data", "bpe_simple_vocab_16e6.txt.gz")
+    with vocabulary.open("rb") as raw, gzip.open(raw) as handle:
         lines = handle.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : VOCAB_SIZE - 256 * 2 - 2 + 1]]
     alphabet = _byte_alphabet()

@@ -14,6 +14,9 @@ from scheduler.runtime import Runtime, init
 from scheduler.settings import Settings
 from scheduler.states import JobStatus
 
+from .factories import accept as store
+from .factories import job_record
+
 
 @pytest.fixture
 def runtime(redis_url: str, tmp_path: Path) -> Runtime:
@@ -28,31 +31,15 @@ def runtime(redis_url: str, tmp_path: Path) -> Runtime:
 def accept(
     rt: Runtime, index: int, *, images: int = 1, reference_keys: tuple[str, ...] = ()
 ) -> str:
-    now = rt.jobs.now_ms()
-    record = JobRecord(
+    record = job_record(
         id=f"req_exec{index:012d}",
-        account="acme",
-        status=JobStatus.QUEUED,
-        model="xSD4.5",
         prompt=f"a lighthouse number {index}",
-        email="alice@your-product.com",
-        created_ms=now,
-        input={"guidanceScale": 7.5, "watermark": False},
-        references=("https://cdn.your-product.com/x.png",) if reference_keys else (),
+        created_ms=rt.jobs.now_ms(),
         image_count=images,
         seed=index,
-        width=2048,
-        height=2048,
-        charged=10 * images,
+        references=("https://cdn.your-product.com/x.png",) if reference_keys else (),
     )
-    rt.jobs.accept(
-        record,
-        deadline_ms=now + 600_000,
-        purge_ms=now + 10**9,
-        idempotency_digest=None,
-        fingerprint=None,
-        idempotency_ttl=60,
-    )
+    store(rt.jobs, record, deadline_ms=record.created_ms + 600_000, purge_ms=10**15)
     if reference_keys:
         rt.jobs.update_queued(record.id, {"reference_keys": f'["{reference_keys[0]}"]'})
     return record.id

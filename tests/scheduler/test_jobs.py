@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import redis
 
@@ -14,9 +12,10 @@ from scheduler.jobs import JobStore
 from scheduler.records import ImageResult, JobRecord
 from scheduler.states import InvalidTransition, JobErrorCode, JobStatus
 
+from .factories import accept, job_record
+
 ACCOUNT = "acme"
 EMAIL = "alice@your-product.com"
-_ids = itertools.count()
 
 
 class Clock:
@@ -49,33 +48,11 @@ def balance(client: redis.Redis) -> int:
 def make_record(
     jobs: JobStore, *, images: int = 2, email: str = EMAIL, webhook: bool = False
 ) -> JobRecord:
-    return JobRecord(
-        id=f"req_test{next(_ids):012d}",
-        account=ACCOUNT,
-        status=JobStatus.QUEUED,
-        model="xSD4.5",
-        prompt="a lighthouse",
+    return job_record(
+        image_count=images,
         email=email,
         created_ms=jobs.now_ms(),
-        input={"guidanceScale": 7.5, "watermark": False},
-        references=(),
-        image_count=images,
-        seed=42,
-        width=2048,
-        height=2048,
-        charged=10 * images,
         webhook_url="https://hooks.your-product.com/x" if webhook else None,
-    )
-
-
-def accept(jobs: JobStore, record: JobRecord, *, key: str | None = None, fingerprint: str = "fp"):
-    return jobs.accept(
-        record,
-        deadline_ms=record.created_ms + 60_000,
-        purge_ms=record.created_ms + 3_600_000,
-        idempotency_digest=key,
-        fingerprint=fingerprint,
-        idempotency_ttl=86400,
     )
 
 

@@ -16,6 +16,9 @@ from scheduler.runtime import Runtime, init
 from scheduler.settings import Settings
 from scheduler.states import JobErrorCode, JobStatus
 
+from .factories import accept as store
+from .factories import job_record
+
 
 @pytest.fixture
 def runtime(redis_url: str, tmp_path: Path) -> Runtime:
@@ -29,32 +32,12 @@ def runtime(redis_url: str, tmp_path: Path) -> Runtime:
 
 
 def accept(rt: Runtime, *, deadline_ms: int, purge_ms: int, webhook: bool = False) -> JobRecord:
-    now = rt.jobs.now_ms()
-    record = JobRecord(
-        id=f"req_reap{now % 10**12:012d}",
-        account="acme",
-        status=JobStatus.QUEUED,
-        model="xSD4.5",
-        prompt="p",
-        email="alice@your-product.com",
-        created_ms=now,
-        input={"guidanceScale": 7.5, "watermark": False},
-        references=(),
+    record = job_record(
         image_count=3,
-        seed=1,
-        width=2048,
-        height=2048,
-        charged=30,
+        created_ms=rt.jobs.now_ms(),
         webhook_url="https://hooks.your-product.com/x" if webhook else None,
     )
-    rt.jobs.accept(
-        record,
-        deadline_ms=deadline_ms,
-        purge_ms=purge_ms,
-        idempotency_digest=None,
-        fingerprint=None,
-        idempotency_ttl=60,
-    )
+    store(rt.jobs, record, deadline_ms=deadline_ms, purge_ms=purge_ms)
     return record
 
 

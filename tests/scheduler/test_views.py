@@ -10,27 +10,19 @@ from scheduler.views import iso_time, public_view
 from scheduler.webhooks import backoff_seconds
 from storage import LocalStore
 
+from .factories import job_record
+
 TTL = 82_800
 
 
 def record(**changes) -> JobRecord:
     base = dict(
         id="req_abcdefghijklmnop",
-        account="acme",
-        status=JobStatus.QUEUED,
-        model="xSD4.5",
-        prompt="p",
-        email="alice@your-product.com",
-        created_ms=1_700_000_000_123,
-        input={"seed": 1, "responseFormat": "url", "guidanceScale": 7.5, "watermark": False},
         references=("https://cdn.your-product.com/a.png",),
         image_count=2,
-        seed=1,
-        width=2048,
-        height=2048,
-        charged=20,
+        input={"seed": 1, "responseFormat": "url", "guidanceScale": 7.5, "watermark": False},
     )
-    return JobRecord(**{**base, **changes})
+    return job_record(**{**base, **changes})
 
 
 def store(tmp_path: Path) -> LocalStore:

@@ -1,0 +1,55 @@
+"""Job records for scheduler tests: one place that knows every required field."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from scheduler.jobs import JobStore
+from scheduler.records import JobRecord
+from scheduler.states import JobStatus
+
+_ids = itertools.count()
+
+
+def job_record(**changes: Any) -> JobRecord:
+    """A queued, prepared 2048x2048 job of account ``acme``; ``changes`` override fields
+    (the charge follows ``image_count`` unless given)."""
+    images = changes.get("image_count", 1)
+    base: dict[str, Any] = {
+        "id": f"req_test{next(_ids):012d}",
+        "account": "acme",
+        "status": JobStatus.QUEUED,
+        "model": "xSD4.5",
+        "prompt": "a lighthouse",
+        "email": "alice@your-product.com",
+        "created_ms": 1_700_000_000_123,
+        "input": {"guidanceScale": 7.5, "watermark": False, "responseFormat": "url"},
+        "references": (),
+        "image_count": images,
+        "seed": 42,
+        "width": 2048,
+        "height": 2048,
+        "charged": 10 * images,
+    }
+    return JobRecord(**{**base, **changes})
+
+
+def accept(
+    jobs: JobStore,
+    record: JobRecord,
+    *,
+    deadline_ms: int | None = None,
+    purge_ms: int | None = None,
+    key: str | None = None,
+    fingerprint: str = "fp",
+) -> tuple[str, bool]:
+    """Store ``record`` as POST would (defaults: deadline in a minute, purge in an hour)."""
+    return jobs.accept(
+        record,
+        deadline_ms=record.created_ms + 60_000 if deadline_ms is None else deadline_ms,
+        purge_ms=record.created_ms + 3_600_000 if purge_ms is None else purge_ms,
+        idempotency_digest=key,
+        fingerprint=fingerprint,
+        idempotency_ttl=86400,
+    )

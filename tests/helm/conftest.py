@@ -46,8 +46,8 @@ GPU_KEDA_MONITORING: dict[str, Any] = {
     "moderation": {"blocklist": ["forbidden phrase", "another"]},
 }
 
-# A managed Redis over TLS, S3 storage, every secret taken from existing Secrets, and the
-# weights copied from S3 by an init container.
+# A managed Redis over TLS, S3 storage, every secret taken from existing Secrets (S3 needs
+# no URL signing key), and the weights copied from S3 by an init container.
 EXTERNAL: dict[str, Any] = {
     "redis": {"enabled": False},
     "externalRedis": {
@@ -61,7 +61,6 @@ EXTERNAL: dict[str, Any] = {
     },
     "secrets": {
         "apiKeyPepper": {"existingSecret": "xsd-keys"},
-        "urlSigningKey": {"existingSecret": "xsd-keys"},
         "s3": {"existingSecret": "xsd-s3-signer"},
     },
     "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/xsd"}},

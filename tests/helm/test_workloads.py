@@ -283,6 +283,15 @@ def test_every_xsd_pod_carries_the_checksums(render) -> None:
 # -- Redis ---------------------------------------------------------------------------------
 
 
+# redis.conf's and Kubernetes' binary units.
+_UNITS = {"mb": 2**20, "gb": 2**30, "Mi": 2**20, "Gi": 2**30}
+
+
+def _bytes(size: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([A-Za-z]+)", size).groups()
+    return int(number) * _UNITS[unit]
+
+
 def test_in_chart_redis(render) -> None:
     manifests = render(MINIMAL)
     redis = manifests.get("StatefulSet", f"{RELEASE}-redis")
@@ -293,6 +302,10 @@ def test_in_chart_redis(render) -> None:
     password = env_value(container(redis), "REDIS_PASSWORD")["valueFrom"]["secretKeyRef"]
     assert password == {"name": f"{RELEASE}-redis", "key": "redis-password"}
     assert manifests.get("Secret", f"{RELEASE}-redis")["data"]["redis-password"]
+    # Full, Redis must refuse writes before the kernel kills it: maxmemory leaves room
+    # under the limit for the copy-on-write pages of an AOF rewrite.
+    limit = container(redis)["resources"]["limits"]["memory"]
+    assert _bytes(args[args.index("--maxmemory") + 1]) <= 0.8 * _bytes(limit)
     (claim,) = redis["spec"]["volumeClaimTemplates"]
     assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
     assert manifests.get("Service", f"{RELEASE}-redis")["spec"]["ports"][0]["port"] == 6379
@@ -383,13 +396,49 @@ def test_existing_secrets_replace_the_chart_secret(render) -> None:
     api = container(manifests.get("Deployment", f"{PREFIX}-api"))
     refs = {
         name: env_value(api, name)["valueFrom"]["secretKeyRef"]
-        for name in ("XSD_API_KEY_PEPPER", "XSD_URL_SIGNING_KEY", "AWS_ACCESS_KEY_ID")
+        for name in ("XSD_API_KEY_PEPPER", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     }
     assert refs == {
         "XSD_API_KEY_PEPPER": {"name": "xsd-keys", "key": "api-key-pepper"},
-        "XSD_URL_SIGNING_KEY": {"name": "xsd-keys", "key": "url-signing-key"},
         "AWS_ACCESS_KEY_ID": {"name": "xsd-s3-signer", "key": "AWS_ACCESS_KEY_ID"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "xsd-s3-signer", "key": "AWS_SECRET_ACCESS_KEY"},
     }
+
+
+def test_url_signing_key_only_with_local_storage(render) -> None:
+    """S3 presigns its own URLs: the local store's signing key is then neither required nor
+    given to any pod. With local storage it is required, from a value or a Secret."""
+    for workload in render(EXTERNAL).workloads():
+        assert "XSD_URL_SIGNING_KEY" not in env_names(container(workload))
+
+    values = merged(MINIMAL)
+    del values["secrets"]["urlSigningKey"]
+    with pytest.raises(helm.HelmError, match="secrets.urlSigningKey.value is required"):
+        render_files(values)
+
+    existing = {"urlSigningKey": {"value": "", "existingSecret": "xsd-keys"}}
+    manifests = render(merged(MINIMAL, secrets=existing))
+    assert set(manifests.get("Secret", PREFIX)["data"]) == {"api-key-pepper"}
+    api = container(manifests.get("Deployment", f"{PREFIX}-api"))
+    assert env_value(api, "XSD_URL_SIGNING_KEY")["valueFrom"]["secretKeyRef"] == {
+        "name": "xsd-keys",
+        "key": "url-signing-key",
+    }
+
+
+@pytest.mark.parametrize(
+    "credentials, warned",
+    [
+        ({}, True),
+        ({"s3Signing": {"existingSecret": "xsd-s3-signer"}}, False),
+        ({"s3": {"existingSecret": "xsd-s3"}}, False),
+    ],
+    ids=["irsa-only", "signing-key", "static-key"],
+)
+def test_notes_warn_when_urls_would_die_with_sts_credentials(credentials, warned) -> None:
+    values = merged(EXTERNAL, secrets={"s3": {"existingSecret": ""}, **credentials})
+    (notes,) = [text for name, text in render_files(values).items() if name.endswith("NOTES.txt")]
+    assert ("expire after\nabout an hour" in notes) is warned
 
 
 def test_no_aws_keys_without_s3_credentials(render) -> None:

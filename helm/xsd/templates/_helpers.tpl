@@ -219,10 +219,12 @@ env:
     valueFrom:
       secretKeyRef:
         {{- include "xsd.secretKeyRef" (dict "root" . "item" .Values.secrets.apiKeyPepper) | nindent 8 }}
+  {{- if eq .Values.config.storage "local" }}
   - name: XSD_URL_SIGNING_KEY
     valueFrom:
       secretKeyRef:
         {{- include "xsd.secretKeyRef" (dict "root" . "item" .Values.secrets.urlSigningKey) | nindent 8 }}
+  {{- end }}
   {{- with include "xsd.awsEnv" . }}
   {{- . | nindent 2 }}
   {{- end }}

@@ -1,4 +1,5 @@
-"""SDXL components: the tiny random model, the full-size random model, or real weights.
+"""SDXL components: the tiny random model, the full-size random model, or real weights,
+each with its IP-Adapter for reference images (:mod:`pipeline.references`).
 
 ``tiny`` follows diffusers' own SDXL test configuration (UNet ``block_out_channels=(32,
 64)``, ``cross_attention_dim=64``, two 32-wide CLIP text encoders) but keeps CLIP's full
@@ -17,6 +18,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from .errors import ModelUnavailable
 from .prompts import EOS_ID, VOCAB_SIZE
+from .references import (
+    ReferenceModels,
+    sdxl_random_references,
+    tiny_references,
+    weights_references,
+)
 from .registry import SDXL_RANDOM, TINY, ModelSpec
 
 __all__ = [
@@ -52,10 +59,14 @@ class Components:
     scheduler: EulerDiscreteScheduler
     # SDXL's second tokenizer pads with "!" (id 0), the first with the end token.
     pad_ids: tuple[int, int] = (EOS_ID, 0)
+    # The IP-Adapter; None for weights that come without one (references then fail).
+    references: ReferenceModels | None = None
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Components:
         """Move every module; the VAE stays float32 (SDXL's VAE overflows in fp16)."""
         modules = [(self.unet, dtype), (self.text_encoder, dtype), (self.text_encoder_2, dtype)]
+        if self.references is not None:
+            modules.append((self.references, dtype))
         for module, wanted in [*modules, (self.vae, torch.float32)]:
             # Cast only when needed: diffusers warns on every dtype cast through `to()`.
             if module.dtype != wanted:
@@ -135,13 +146,20 @@ def _tiny() -> Components:
         sample_size=64,
     )
     text = dict(hidden=32, layers=5, heads=4, intermediate=37, act="gelu", projection=32)
-    return Components(
+    components = Components(
         unet=unet,
         vae=vae,
         text_encoder=CLIPTextModel(_text_config(**text)),
         text_encoder_2=CLIPTextModelWithProjection(_text_config(**text)),
         scheduler=EulerDiscreteScheduler(**_SCHEDULER),
     )
+    # Drawn last, so the other components' weights do not depend on the adapter's.
+    components.references = tiny_references(unet, _adapter_generator())
+    return components
+
+
+def _adapter_generator() -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(WEIGHTS_SEED + 1)
 
 
 def _sdxl_random() -> Components:
@@ -157,7 +175,7 @@ def _sdxl_random() -> Components:
         scaling_factor=0.13025,
         force_upcast=True,
     )
-    return Components(
+    components = Components(
         unet=UNet2DConditionModel(**sdxl_unet_config()),
         vae=vae,
         text_encoder=CLIPTextModel(
@@ -172,13 +190,15 @@ def _sdxl_random() -> Components:
         ),
         scheduler=EulerDiscreteScheduler(**_SCHEDULER),
     )
+    components.references = sdxl_random_references(components.unet, _adapter_generator())
+    return components
 
 
 def _weights(spec: ModelSpec, dtype: torch.dtype) -> Components:
     path = spec.weights_dir()
     load: dict[str, Any] = {"local_files_only": True, "torch_dtype": dtype}
     try:
-        return Components(
+        components = Components(
             unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **load),
             vae=AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32),
             text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **load),
@@ -189,6 +209,8 @@ def _weights(spec: ModelSpec, dtype: torch.dtype) -> Components:
         )
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(f"{spec.alias}: could not load weights from {path}: {exc}") from exc
+    components.references = weights_references(path, components.unet, dtype)
+    return components
 
 
 def build_components(spec: ModelSpec, *, dtype: torch.dtype) -> Components:

@@ -1,28 +1,51 @@
-"""Requests in, finished images out: bucket, batch, split on OOM, resize, watermark."""
+"""Requests in, finished images out: bucket, batch, split on OOM, refine, resize, watermark.
+
+Every request is generated at its resolution bucket with the others of that bucket, then
+upscaled and refined to its output size (:mod:`pipeline.refine`), resized to the exact
+pixels and marked if asked.
+
+A request's references become IP-Adapter inputs with the roles its prompt names
+(:mod:`pipeline.roles`); a sequential request's frames get one prompt each
+(:func:`pipeline.prompts.frame_prompts`) and a group id, so that they run together with
+shared self-attention (:mod:`pipeline.consistency`) and are never split apart.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
 
+from .acceleration import Acceleration
 from .buckets import bucket_for
 from .components import build_components
-from .errors import InvalidInput, PipelineError
+from .errors import InvalidInput, ModelUnavailable, PipelineError
+from .prompts import frame_prompts
+from .refine import Refiner
 from .registry import ModelSpec
 from .request import GenerationRequest
-from .sdxl import Sample, SDXLPipeline, StepCallback
+from .roles import parse_roles
+from .sdxl import ReferenceInput, Sample, SDXLPipeline, StepCallback
 from .watermark import add_watermark
 
-__all__ = ["Generator", "BatchOutcome", "load_generator", "pick_device"]
+__all__ = [
+    "MAX_REFERENCES",
+    "BatchOutcome",
+    "Generator",
+    "load_generator",
+    "pick_device",
+    "split_point",
+]
 
 log = logging.getLogger(__name__)
 
 # Per request: its images, or the error that stopped it.
 BatchOutcome = list[Image.Image] | PipelineError
+# The spec's limit of reference images per request.
+MAX_REFERENCES = 10
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -38,6 +61,7 @@ class Generator:
     def __init__(self, spec: ModelSpec, pipeline: SDXLPipeline) -> None:
         self.spec = spec
         self.pipeline = pipeline
+        self.refiner = Refiner(pipeline, base_resolution=spec.base_resolution)
 
     def check_inputs(self, request: GenerationRequest) -> None:
         """Fail before any work, naming the argument and its value."""
@@ -51,6 +75,14 @@ class Generator:
             raise InvalidInput(f"guidance_scale must be in [1, 20]; got {request.guidance_scale}.")
         if not request.prompt.strip():
             raise InvalidInput("prompt must not be empty.")
+        if len(request.references) > MAX_REFERENCES:
+            raise InvalidInput(
+                f"references must be at most {MAX_REFERENCES}; got {len(request.references)}."
+            )
+        if request.references and self.pipeline.components.references is None:
+            raise ModelUnavailable(
+                f"{self.spec.alias} has no IP-Adapter installed, so it cannot use reference images."
+            )
 
     def bucket(self, request: GenerationRequest) -> tuple[int, int]:
         """The resolution the request is generated at before resizing."""
@@ -61,9 +93,26 @@ class Generator:
             multiple=self.spec.bucket_multiple,
         )
 
-    def samples(self, request: GenerationRequest) -> list[Sample]:
-        """The request's images as pipeline samples, in seed order."""
-        return [Sample(request.prompt, seed, request.guidance_scale) for seed in request.seeds]
+    def samples(self, request: GenerationRequest, *, group: int = 0) -> list[Sample]:
+        """The request's images as pipeline samples, in seed order. Every sample carries
+        the request's references with the roles the prompt gives them; the frames of a
+        sequential request also carry their own prompt and ``group``, which must differ
+        from every other sequential request's in the batch."""
+        roles = parse_roles(request.prompt, len(request.references))
+        references = tuple(
+            ReferenceInput(image, role)
+            for image, role in zip(request.references, roles, strict=True)
+        )
+        if not request.sequential:
+            return [
+                Sample(request.prompt, seed, request.guidance_scale, references)
+                for seed in request.seeds
+            ]
+        prompts = frame_prompts(request.prompt, len(request.seeds))
+        return [
+            Sample(prompt, seed, request.guidance_scale, references, group=group)
+            for prompt, seed in zip(prompts, request.seeds, strict=True)
+        ]
 
     def generate(
         self, request: GenerationRequest, *, on_step: StepCallback | None = None
@@ -85,7 +134,7 @@ class Generator:
         for index, request in enumerate(requests):
             try:
                 self.check_inputs(request)
-            except InvalidInput as exc:
+            except PipelineError as exc:
                 outcomes[index] = exc
                 continue
             steps = request.steps or self.spec.steps
@@ -106,10 +155,26 @@ class Generator:
         steps: int,
         on_step: StepCallback | None,
     ) -> list[tuple[int, BatchOutcome]]:
-        per_request = [self.samples(request) for _, request in members]
+        # A request's position is its group id: unique within the batch.
+        per_request = [
+            self.samples(request, group=position) for position, (_, request) in enumerate(members)
+        ]
         flat = [sample for group in per_request for sample in group]
+        sizes = [
+            self.refiner.working_size(request.width, request.height)
+            for (_, request), samples in zip(members, per_request, strict=True)
+            for _ in samples
+        ]
         try:
-            raw = self._forward(flat, width, height, steps, on_step)
+            latents = self._split_on_oom(
+                flat,
+                lambda rows: list(
+                    self.pipeline.latents(
+                        flat[rows], width=width, height=height, steps=steps, on_step=on_step
+                    )
+                ),
+            )
+            raw = self._images(flat, latents, sizes, (width, height), steps, on_step)
         except Exception as exc:
             if len(members) == 1:
                 if not isinstance(exc, PipelineError):
@@ -130,25 +195,69 @@ class Generator:
             results.append((index, [self.finish(image, request) for image in images]))
         return results
 
-    def _forward(
+    def _images(
         self,
         samples: list[Sample],
-        width: int,
-        height: int,
+        latents: list[torch.Tensor],
+        sizes: list[tuple[int, int]],
+        bucket: tuple[int, int],
         steps: int,
         on_step: StepCallback | None,
     ) -> list[Image.Image]:
-        """One pipeline call; on out-of-memory, two calls of half the samples each."""
+        """The samples' images from their bucket latents: upscaled and refined at their
+        working size where that gains detail, in one pass per working size (a bucket pass
+        may hold 2K and 4K requests of one aspect ratio), else decoded as they are."""
+        images: list[Image.Image | None] = [None] * len(samples)
+        for size in dict.fromkeys(sizes):
+            rows = [index for index, wanted in enumerate(sizes) if wanted == size]
+            part = [samples[index] for index in rows]
+            bases = torch.stack([latents[index] for index in rows])
+            if self.refiner.needed(bucket, size):
+                done = self._split_on_oom(
+                    part,
+                    lambda chunk, size=size, part=part, bases=bases: self.refiner(
+                        part[chunk],
+                        bases[chunk],
+                        width=size[0],
+                        height=size[1],
+                        steps=steps,
+                        on_step=on_step,
+                    ),
+                )
+            else:
+                done = self.pipeline.decode(bases)
+            for index, image in zip(rows, done, strict=True):
+                images[index] = image
+        return images  # type: ignore[return-value]
+
+    def _split_on_oom(
+        self,
+        samples: list[Sample],
+        run: Callable[[slice], list[Image.Image]],
+        start: int = 0,
+        stop: int | None = None,
+    ) -> list[Image.Image]:
+        """``run`` on the slice of ``samples`` from ``start`` to ``stop`` (all of them by
+        default); on out-of-memory, on two parts of about half those samples each, never
+        separating the frames of one sequential request (they attend to one another, so
+        they only exist together)."""
+        stop = len(samples) if stop is None else stop
         try:
-            return self.pipeline(samples, width=width, height=height, steps=steps, on_step=on_step)
-        except torch.cuda.OutOfMemoryError:
-            if len(samples) == 1:
-                raise
+            return run(slice(start, stop))
+        except torch.cuda.OutOfMemoryError as exc:
+            cut = split_point(samples[start:stop])
+            if cut is None:
+                if stop - start == 1:
+                    raise
+                raise PipelineError(
+                    f"The {stop - start} frames of a sequential request do not fit in GPU "
+                    "memory together."
+                ) from exc
             torch.cuda.empty_cache()
-            half = len(samples) // 2
-            log.warning("out of memory with %d samples; splitting in two", len(samples))
-            return self._forward(samples[:half], width, height, steps, on_step) + self._forward(
-                samples[half:], width, height, steps, on_step
+            log.warning("out of memory with %d samples; splitting in two", stop - start)
+            middle = start + cut
+            return self._split_on_oom(samples, run, start, middle) + self._split_on_oom(
+                samples, run, middle, stop
             )
 
     @staticmethod
@@ -159,9 +268,29 @@ class Generator:
         return add_watermark(image) if request.watermark else image
 
 
-def load_generator(spec: ModelSpec, *, device: str | None = None) -> Generator:
-    """Build or load ``spec``'s model on a device (CUDA fp16, else CPU float32)."""
+def split_point(samples: Sequence[Sample]) -> int | None:
+    """The index nearest the middle at which ``samples`` can be cut with no group on both
+    sides; None when there is none (a single sample, or a single group)."""
+    spans: dict[int, tuple[int, int]] = {}
+    for index, sample in enumerate(samples):
+        if sample.group is not None:
+            spans[sample.group] = (spans.get(sample.group, (index, index))[0], index)
+    cuts = [
+        index
+        for index in range(1, len(samples))
+        if all(not first < index <= last for first, last in spans.values())
+    ]
+    return min(cuts, key=lambda index: abs(2 * index - len(samples)), default=None)
+
+
+def load_generator(
+    spec: ModelSpec, *, device: str | None = None, acceleration: Acceleration | None = None
+) -> Generator:
+    """Build or load ``spec``'s model on a device (CUDA float16 by default, CPU float32)."""
+    options = acceleration or Acceleration()
     target = pick_device(device)
-    dtype = torch.float16 if target.type == "cuda" else torch.float32
+    dtype = options.torch_dtype(target)
     components = build_components(spec, dtype=dtype)
-    return Generator(spec, SDXLPipeline(components, device=target, dtype=dtype))
+    return Generator(
+        spec, SDXLPipeline(components, device=target, dtype=dtype, acceleration=options)
+    )

@@ -22,6 +22,7 @@ __all__ = [
     "clip_tokenizer",
     "count_prompt_tokens",
     "enumerate_items",
+    "frame_prompts",
 ]
 
 VOCAB_SIZE = 49408
@@ -109,3 +110,31 @@ def enumerate_items(prompt: str) -> list[str]:
     items = [item.strip(" .\"'") for item in _SPLIT.split(text)]
     items = [item for item in items if item]
     return items if len(items) >= 2 else []
+
+
+def _list_bounds(text: str) -> tuple[str, str]:
+    """The text before and after the enumeration :func:`enumerate_items` reads."""
+    numbered = _NUMBERED.search(text)
+    if numbered is not None and len(_NUMBERED.split(text)) > 2:
+        return text[: numbered.start()], ""
+    head, body = text.rsplit(":", 1) if ":" in text else ("", text)
+    sentence_end = re.search(r"[.!?](?:\s|$)", body.strip())
+    tail = body.strip()[sentence_end.end() :] if sentence_end else ""
+    return head, tail
+
+
+def frame_prompts(prompt: str, frames: int) -> list[str]:
+    """The prompt of each frame of a sequential request: "Series of the same person at four
+    life stages: child, adolescent, adult, elderly." gives "Series of the same person at
+    four life stages, child" and so on, with any text after the list kept ("... elderly.
+    Soft light." -> "..., child. Soft light."). When the prompt enumerates fewer items than
+    there are frames, every frame gets the whole prompt (frames then differ by their seeds);
+    extra items are dropped.
+    """
+    items = enumerate_items(prompt)
+    if len(items) < frames:
+        return [prompt] * frames
+    head, tail = _list_bounds(prompt.strip())
+    head = head.strip(" ,;:-\n")
+    tail = f". {tail.strip()}" if tail.strip() else ""
+    return [f"{head}, {item}{tail}" if head else f"{item}{tail}" for item in items[:frames]]

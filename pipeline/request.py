@@ -13,8 +13,10 @@ __all__ = ["GenerationRequest"]
 class GenerationRequest:
     """One request's images: exactly ``len(seeds)`` of ``width x height``.
 
-    ``references`` are carried but do not condition the images yet: reference conditioning
-    (IP-Adapter) is not part of this pipeline so far.
+    ``references`` condition every image through the model's IP-Adapter, each in the role
+    the prompt names for it ("image_1 for the face"). A ``sequential`` request's images are
+    the frames of one series: generated together, with shared self-attention, one prompt
+    each from what the prompt enumerates.
     """
 
     request_id: str

@@ -6,6 +6,13 @@ its neighbours: its starting noise comes from its own generator, its embeddings 
 own (padding hidden by the attention mask), and classifier-free guidance is applied per
 sample.
 
+Samples may also carry reference images (IP-Adapter, with roles: :mod:`pipeline.roles`) and
+a frame group (the frames of one sequential request share part of their self-attention:
+:mod:`pipeline.consistency`). Both reach the UNet through attention processors installed
+once at load time, which read a per-call state (:mod:`pipeline.attention`) that
+:meth:`SDXLPipeline.predict_noise` sets from the batch's :class:`Conditioning`; rows without
+references or group run the stock attention.
+
 The call is split into steps that other stages reuse: :meth:`SDXLPipeline.encode` builds a
 batch's :class:`Conditioning`, :meth:`SDXLPipeline.denoise` runs the loop over any latents
 (whole images or tiles) and :meth:`SDXLPipeline.decode` turns latents into images.
@@ -13,22 +20,54 @@ batch's :class:`Conditioning`, :meth:`SDXLPipeline.denoise` runs the loop over a
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .acceleration import Acceleration, prepare_unet
+from .attention import FULL_VIEW, AttentionContext, CallState, FrameGroup, ReferenceTokens
 from .components import Components
-from .errors import InvalidInput
+from .consistency import ConsistencyConfig, install_consistency
+from .errors import InvalidInput, ModelUnavailable, PipelineError
+from .ip_adapter import install_ip_adapter
+from .references import ReferenceModels
+from .roles import KINDS, REGION_BOXES, REGIONS, STYLE, ReferenceRole
 from .text import PromptEncoder
 
-__all__ = ["Sample", "Conditioning", "SDXLPipeline", "StepCallback"]
+__all__ = [
+    "Conditioning",
+    "NoisePredictor",
+    "ReferenceInput",
+    "Sample",
+    "SDXLPipeline",
+    "StepCallback",
+    "frame_groups",
+]
 
 # Called after each denoising step with (step index, seconds the step took).
 StepCallback = Callable[[int, float], None]
+# Guided noise for (scaled latents, timestep, conditioning).
+NoisePredictor = Callable[[torch.Tensor, torch.Tensor, "Conditioning"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ReferenceInput:
+    """One reference image of a sample, and how it conditions the image."""
+
+    image: Image.Image
+    role: ReferenceRole = field(default_factory=ReferenceRole)
+    weight: float | None = None  # None: the role's weight
+
+    @property
+    def scale(self) -> float:
+        """The IP-Adapter scale of this reference."""
+        return self.role.weight if self.weight is None else self.weight
 
 
 @dataclass(frozen=True)
@@ -38,6 +77,9 @@ class Sample:
     prompt: str
     seed: int
     guidance_scale: float
+    references: tuple[ReferenceInput, ...] = ()
+    # Samples of one batch with the same group are frames of one sequential request.
+    group: int | None = None
 
 
 @dataclass
@@ -50,24 +92,54 @@ class Conditioning:
     mask: torch.Tensor | None  # [2B, tokens]
     time_ids: torch.Tensor  # [2B, 6]
     guidance: torch.Tensor  # [B, 1, 1, 1]
+    references: ReferenceTokens | None = None  # None: no sample has references
+    frame_groups: tuple[FrameGroup, ...] = ()  # groups of two frames or more
+    # The part of the whole image the latents cover, (top, left, bottom, right) as
+    # fractions: reference regions ("on the left") are placed in whole-image coordinates.
+    view: tuple[float, float, float, float] = FULL_VIEW
 
     def with_size(
         self, *, original: tuple[int, int], crop: tuple[int, int], target: tuple[int, int]
     ) -> Conditioning:
-        """The same conditioning with other SDXL size ids (height, width order): tiles of
-        a large image are crops of it."""
+        """The same conditioning with other SDXL size ids (the ids are in height, width
+        order; the arguments are (width, height) and ``crop`` is (left, top)): tiles of a
+        large image are crops of it, a ``target``-sized tile at ``crop`` of an ``original``
+        image. Reference regions ("on the left") follow the tile's place in the image."""
         ids = [original[1], original[0], crop[1], crop[0], target[1], target[0]]
         time_ids = torch.tensor([ids], device=self.time_ids.device, dtype=self.time_ids.dtype)
-        return replace(self, time_ids=time_ids.repeat(self.time_ids.shape[0], 1))
+        left, top = crop[0] / original[0], crop[1] / original[1]
+        right = min(1.0, (crop[0] + target[0]) / original[0])
+        bottom = min(1.0, (crop[1] + target[1]) / original[1])
+        return replace(
+            self,
+            time_ids=time_ids.repeat(self.time_ids.shape[0], 1),
+            view=(top, left, bottom, right),
+        )
 
 
 class SDXLPipeline:
     """Batched text-to-image over one set of components on one device."""
 
-    def __init__(self, components: Components, *, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self,
+        components: Components,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        consistency: ConsistencyConfig | None = None,
+        acceleration: Acceleration | None = None,
+    ):
         self.components = components.to(device, dtype)
         self.device, self.dtype = device, dtype
         self.encoder = PromptEncoder(self.components, device=device)
+        unet = self.components.unet
+        # The kernel first: the reference and frame processors wrap the one they find.
+        prepare_unet(unet, acceleration or Acceleration(), device)
+        # Reference and frame attention: installed once, steered per call by the context.
+        self.attention = AttentionContext()
+        if self.components.references is not None:
+            install_ip_adapter(unet, self.attention, self.components.references.layers)
+        install_consistency(unet, self.attention, consistency or ConsistencyConfig())
         vae = self.components.vae
         self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
         # The UNet halves the latent once per down block but the last.
@@ -96,6 +168,16 @@ class SDXLPipeline:
                 )
             if not sample.prompt.strip():
                 raise InvalidInput("prompt must not be empty.")
+            for reference in sample.references:
+                self._check_reference(reference)
+
+    def _check_reference(self, reference: ReferenceInput) -> None:
+        self._reference_models()
+        if not (math.isfinite(reference.scale) and reference.scale >= 0):
+            raise InvalidInput(f"reference weight must be >= 0; got {reference.scale}.")
+        role = reference.role
+        if role.kind not in KINDS or (role.region is not None and role.region not in REGIONS):
+            raise InvalidInput(f"reference role must use {KINDS} and {REGIONS}; got {role}.")
 
     def encode(self, samples: Sequence[Sample], *, width: int, height: int) -> Conditioning:
         """Prompt embeddings (SDXL's negative for an empty negative prompt is all zeros),
@@ -111,7 +193,52 @@ class SDXLPipeline:
             guidance=torch.tensor(
                 [s.guidance_scale for s in samples], device=self.device, dtype=self.dtype
             ).view(-1, 1, 1, 1),
+            references=self.encode_references(samples),
+            frame_groups=frame_groups(samples),
         )
+
+    def encode_references(self, samples: Sequence[Sample]) -> ReferenceTokens | None:
+        """Each sample's reference tokens and their weights, roles and regions, padded to
+        the sample with the most references (padding weighs 0); None when no sample has
+        references. An image shared by several samples (the frames of a sequential
+        request) is encoded once."""
+        if not any(sample.references for sample in samples):
+            return None
+        images = {id(ref.image): ref.image for sample in samples for ref in sample.references}
+        cond, uncond = self._reference_models().encode(list(images.values()))
+        slot = {key: index for index, key in enumerate(images)}
+        batch, width = len(samples), max(len(sample.references) for sample in samples)
+        tokens = cond.new_zeros(2 * batch, width, *cond.shape[1:])
+        scales = torch.zeros(2 * batch, width)
+        style = torch.zeros(2 * batch, width, dtype=torch.bool)
+        regions = torch.tensor(FULL_VIEW).repeat(2 * batch, width, 1)
+        background = torch.zeros(2 * batch, width, dtype=torch.bool)
+        for row, sample in enumerate(samples):
+            for column, reference in enumerate(sample.references):
+                encoded = slot[id(reference.image)]
+                tokens[row, column] = uncond[encoded]
+                tokens[batch + row, column] = cond[encoded]
+                region = reference.role.region
+                for index in (row, batch + row):  # the unconditional row, the conditional row
+                    scales[index, column] = reference.scale
+                    style[index, column] = reference.role.kind == STYLE
+                    regions[index, column] = torch.tensor(REGION_BOXES.get(region, FULL_VIEW))
+                    background[index, column] = region == "background"
+        return ReferenceTokens(
+            tokens=tokens.to(self.dtype),
+            scales=scales.to(self.device),
+            style=style.to(self.device),
+            regions=regions.to(self.device),
+            background=background.to(self.device),
+        )
+
+    def _reference_models(self) -> ReferenceModels:
+        if self.components.references is None:
+            raise ModelUnavailable(
+                "This model has no IP-Adapter, so it cannot use reference images; install "
+                "one under <weights>/ip_adapter (see pipeline/references.py)."
+            )
+        return self.components.references
 
     def noise(self, samples: Sequence[Sample], *, width: int, height: int) -> torch.Tensor:
         """Each sample's starting noise, drawn on the CPU from its own generator: the same
@@ -127,15 +254,44 @@ class SDXLPipeline:
         self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning
     ) -> torch.Tensor:
         """One guided UNet evaluation for a batch of (already scaled) latents."""
-        noise = self.components.unet(
-            torch.cat([latents, latents]),
-            timestep,
-            encoder_hidden_states=cond.states,
-            encoder_attention_mask=cond.mask,
-            added_cond_kwargs={"text_embeds": cond.pooled, "time_ids": cond.time_ids},
-        ).sample
+        with self._attention_state(cond, latents, timestep):
+            noise = self.components.unet(
+                torch.cat([latents, latents]),
+                timestep,
+                encoder_hidden_states=cond.states,
+                encoder_attention_mask=cond.mask,
+                added_cond_kwargs={"text_embeds": cond.pooled, "time_ids": cond.time_ids},
+            ).sample
         noise_uncond, noise_cond = noise.chunk(2)
         return noise_uncond + cond.guidance * (noise_cond - noise_uncond)
+
+    @contextmanager
+    def _attention_state(
+        self, cond: Conditioning, latents: torch.Tensor, timestep: torch.Tensor
+    ) -> Iterator[None]:
+        """The per-call state of the reference and frame processors, when the batch needs
+        one; afterwards, a check that they ran (something that replaces the UNet's attention
+        processors, an xformers switch for example, would otherwise drop references and
+        frame consistency without a sound)."""
+        if cond.references is None and not cond.frame_groups:
+            yield
+            return
+        state = CallState(
+            references=cond.references,
+            frame_groups=cond.frame_groups,
+            view=cond.view,
+            latent_size=(latents.shape[-2], latents.shape[-1]),
+            timestep=float(timestep),
+        )
+        with self.attention.active(state):
+            yield
+        if (cond.references is not None and not state.reference_calls) or (
+            cond.frame_groups and not state.frame_calls
+        ):
+            raise PipelineError(
+                "The UNet's reference or frame attention processors are not installed; "
+                "re-create the pipeline after changing its attention processors."
+            )
 
     def denoise(
         self,
@@ -144,13 +300,16 @@ class SDXLPipeline:
         timesteps: torch.Tensor,
         *,
         on_step: StepCallback | None = None,
+        predict: NoisePredictor | None = None,
     ) -> torch.Tensor:
-        """Run the scheduler over ``timesteps`` (set on ``self.components.scheduler``)."""
+        """Run the scheduler over ``timesteps`` (set on ``self.components.scheduler``),
+        predicting noise with ``predict`` (blended tiles, say) or one UNet call."""
         scheduler = self.components.scheduler
+        predict = predict or self.predict_noise
         for index, timestep in enumerate(timesteps):
             started = time.perf_counter()
             model_input = scheduler.scale_model_input(latents, timestep)
-            noise = self.predict_noise(model_input, timestep, cond)
+            noise = predict(model_input, timestep, cond)
             latents = scheduler.step(noise, timestep, latents).prev_sample
             if on_step is not None:
                 if self.device.type == "cuda":
@@ -161,14 +320,45 @@ class SDXLPipeline:
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Latents to images, one sample at a time: VAE activations at full resolution are
         the largest tensors of the whole call."""
-        vae = self.components.vae
         images = []
-        for sample_latents in latents.float():
-            decoded = vae.decode(sample_latents[None] / vae.config.scaling_factor).sample[0]
-            pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte()
+        for sample_latents in latents:
+            pixels = ((self.decode_pixels(sample_latents) + 1) * 127.5).round().byte()
             array = np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
             images.append(Image.fromarray(array))
         return images
+
+    def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """One sample's latents ``[4, h, w]`` to float32 pixels ``[3, H, W]`` in [-1, 1]."""
+        vae = self.components.vae
+        return vae.decode(latents[None].float() / vae.config.scaling_factor).sample[0].clamp(-1, 1)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float pixels ``[3, H, W]`` in [-1, 1] to one sample's (scaled) latents."""
+        vae = self.components.vae
+        moments = vae.encode(pixels[None].float()).latent_dist
+        return (moments.mode()[0] * vae.config.scaling_factor).to(self.dtype)
+
+    @torch.inference_mode()
+    def latents(
+        self,
+        samples: Sequence[Sample],
+        *,
+        width: int,
+        height: int,
+        steps: int,
+        on_step: StepCallback | None = None,
+    ) -> torch.Tensor:
+        """Denoised latents, one per sample, for ``width x height`` images."""
+        # 1. Check inputs.
+        self.check_inputs(samples, width, height, steps)
+        # 2. Conditioning: prompts, size ids, guidance, references, frame groups.
+        cond = self.encode(samples, width=width, height=height)
+        # 3. Timesteps and starting noise.
+        scheduler = self.components.scheduler
+        scheduler.set_timesteps(steps, device=self.device)
+        latents = self.noise(samples, width=width, height=height) * scheduler.init_noise_sigma
+        # 4. Denoising loop.
+        return self.denoise(latents, cond, scheduler.timesteps, on_step=on_step)
 
     @torch.inference_mode()
     def __call__(
@@ -181,15 +371,19 @@ class SDXLPipeline:
         on_step: StepCallback | None = None,
     ) -> list[Image.Image]:
         """Generate one image per sample at ``width x height``."""
-        # 1. Check inputs.
-        self.check_inputs(samples, width, height, steps)
-        # 2. Conditioning: prompts, size ids, guidance.
-        cond = self.encode(samples, width=width, height=height)
-        # 3. Timesteps and starting noise.
-        scheduler = self.components.scheduler
-        scheduler.set_timesteps(steps, device=self.device)
-        latents = self.noise(samples, width=width, height=height) * scheduler.init_noise_sigma
-        # 4. Denoising loop.
-        latents = self.denoise(latents, cond, scheduler.timesteps, on_step=on_step)
-        # 5. Decode.
+        latents = self.latents(samples, width=width, height=height, steps=steps, on_step=on_step)
         return self.decode(latents)
+
+
+def frame_groups(samples: Sequence[Sample]) -> tuple[FrameGroup, ...]:
+    """The groups of two or more samples that are frames of one sequential request; a
+    group's seed is its first frame's (the request's seed)."""
+    members: dict[int, list[int]] = {}
+    for index, sample in enumerate(samples):
+        if sample.group is not None:
+            members.setdefault(sample.group, []).append(index)
+    return tuple(
+        FrameGroup(samples=tuple(rows), seed=samples[rows[0]].seed)
+        for rows in members.values()
+        if len(rows) > 1
+    )

@@ -68,7 +68,19 @@ def generator_for(runtime: Runtime, alias: str) -> Generator:
             spec = runtime.registry.get(alias)
             log.info("loading model %s (%s)", alias, spec.source)
             # Imports torch: only GPU workers ever get here.
-            _generators[alias] = pipeline.load_generator(spec, device=runtime.settings.device)
+            from pipeline.acceleration import Acceleration
+
+            settings = runtime.settings
+            _generators[alias] = pipeline.load_generator(
+                spec,
+                device=settings.device,
+                acceleration=Acceleration(
+                    dtype=settings.dtype,
+                    attention=settings.attention,
+                    compile=settings.compile,
+                    channels_last=settings.channels_last,
+                ),
+            )
         return _generators[alias]
 
 

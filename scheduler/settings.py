@@ -49,6 +49,16 @@ class Settings(BaseSettings):
 
     model_path: Path | None = Field(None, description="SDXL weights directory for xSD4.5.")
     device: str | None = Field(None, description="torch device for GPU workers; auto when unset.")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="UNet and text-encoder precision; auto: float16 on CUDA, else float32."
+    )
+    attention: Literal["sdpa", "xformers"] = Field(
+        "sdpa", description="Attention kernel on CUDA; xformers needs the xformers extra."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the UNet on CUDA (slow first batches, faster after)."
+    )
+    channels_last: bool = Field(True, description="channels_last UNet layout on CUDA.")
 
     url_ttl_seconds: int = Field(URL_TTL_SECONDS_DEFAULT, gt=0)
     record_retention_seconds: int = Field(30 * 86400, gt=0)

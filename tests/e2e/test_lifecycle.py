@@ -185,7 +185,6 @@ def test_signed_urls_are_checked(stack: Stack) -> None:
     assert httpx.get(stretched).status_code == 403
 
 
-
 def test_concurrent_jobs_share_batches(stack: Stack) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

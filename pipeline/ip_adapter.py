@@ -1,0 +1,189 @@
+"""IP-Adapter's decoupled cross-attention, with per-row, per-reference scales and masks.
+
+diffusers' ``IPAdapterAttnProcessor2_0`` takes one scale per adapter for the whole call.
+Requests of one batch carry different references, so here each row of the batch has its
+own reference tokens and weights, read from :class:`pipeline.attention.CallState`:
+
+- each reference attends on its own (its own softmax, as diffusers does for masked
+  references) and adds ``weight x mask x attention(query, its tokens)`` to the text
+  attention, before the output projection;
+- a *style* reference acts only in the style layers (InstantStyle, Wang et al. 2024: for
+  SDXL ``up_blocks.0.attentions.1``, the middle attention of the lowest-resolution
+  cross-attention up block, carries style; ``tiny`` has the same block under the same name);
+- a reference with a region is masked to the tokens of that region;
+- a row with no reference, or whose weights are all 0, runs the stock attention: exactly
+  the same tensors as without an adapter.
+
+The key/value projections (``to_k_ip``, ``to_v_ip``) live in :class:`AdapterLayers`, not in
+the processors, so that re-installing processors never loses weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+
+from .attention import AttentionContext
+from .errors import ModelUnavailable
+
+__all__ = [
+    "AdapterLayers",
+    "ReferenceAttention",
+    "cross_attention_layers",
+    "install_ip_adapter",
+    "style_layer_prefix",
+]
+
+
+def cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
+    """The UNet's cross-attention processor names, in diffusers' order."""
+    return [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+
+
+def style_layer_prefix(unet: UNet2DConditionModel) -> str:
+    """InstantStyle's style block: the middle attention of the first (lowest-resolution)
+    cross-attention up block, ``up_blocks.0.attentions.1.`` for SDXL and for ``tiny``."""
+    for index, block in enumerate(unet.up_blocks):
+        attentions = getattr(block, "attentions", None)
+        if attentions:
+            return f"up_blocks.{index}.attentions.{min(1, len(attentions) - 1)}."
+    raise ModelUnavailable("The UNet has no cross-attention up block for style references.")
+
+
+class AdapterLayers(torch.nn.Module):
+    """IP-Adapter's image key/value projections of every cross-attention layer."""
+
+    def __init__(self, unet: UNet2DConditionModel, weights: dict[str, torch.Tensor]) -> None:
+        """``weights`` are a checkpoint's ``ip_adapter.*`` tensors without the prefix. They
+        are numbered 1, 3, 5, ... along the cross-attention layers (the original IP-Adapter
+        numbered every processor, self- and cross-attention alternating; diffusers'
+        ``_convert_ip_adapter_attn_to_diffusers`` reads them the same way)."""
+        super().__init__()
+        self.names = tuple(cross_attention_layers(unet))
+        self.keys = torch.nn.ModuleList()
+        self.values = torch.nn.ModuleList()
+        for index, name in enumerate(self.names):
+            attn = unet.get_submodule(name.removesuffix(".processor"))
+            for part, target in (("to_k", self.keys), ("to_v", self.values)):
+                key = f"{2 * index + 1}.{part}_ip.weight"
+                expected = getattr(attn, part).weight.shape
+                if key not in weights or weights[key].shape != expected:
+                    found = tuple(weights[key].shape) if key in weights else "missing"
+                    raise ModelUnavailable(
+                        f"The IP-Adapter does not fit this UNet: {key} is {found}, "
+                        f"{name} needs {tuple(expected)}."
+                    )
+                linear = torch.nn.Linear(expected[1], expected[0], bias=False)
+                linear.weight.data.copy_(weights[key])
+                target.append(linear)
+
+
+class ReferenceAttention:
+    """Cross-attention over the prompt plus each row's reference tokens."""
+
+    def __init__(
+        self,
+        context: AttentionContext,
+        to_k_ip: torch.nn.Linear,
+        to_v_ip: torch.nn.Linear,
+        *,
+        layer: str,
+        style_layer: bool,
+        base: Any,
+    ) -> None:
+        self.context = context
+        self.to_k_ip, self.to_v_ip = to_k_ip, to_v_ip
+        self.layer = layer  # the processor's name in the UNet
+        self.style_layer = style_layer
+        # The processor this one replaced; rows without references run it unchanged.
+        self.base = base
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        state = self.context.current
+        if state is not None:
+            state.reference_calls += 1
+        plan = None if state is None else state.reference_rows(self.style_layer)
+        if state is None or plan is None or encoder_hidden_states is None:
+            return self.base(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs
+            )
+        assert state.references is not None
+        rows, scales = plan
+        batch, tokens, _ = hidden_states.shape
+        # The text attention, as diffusers' AttnProcessor2_0 computes it.
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(
+                attention_mask, encoder_hidden_states.shape[1], batch
+            )
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(x.shape[0], -1, attn.heads, head_dim).transpose(1, 2)
+
+        query = split(query)
+        out = F.scaled_dot_product_attention(
+            query, split(key), split(value), attn_mask=attention_mask
+        )
+        masks = state.reference_masks(tokens)
+        weights = scales[:, None, :] if masks is None else scales[:, None, :] * masks[rows]
+        extra = self._reference_attention(attn, query[rows], state.references.tokens[rows], weights)
+        out = out.index_add(0, rows, extra.to(out.dtype))
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+    def _reference_attention(
+        self,
+        attn: Attention,
+        query: torch.Tensor,
+        tokens: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """``sum_r weight_r x mask_r x softmax(q k_r^T) v_r`` for ``query`` ``[n, h, N, d]``,
+        ``tokens`` ``[n, R, T, D]`` and ``weights`` ``[n, N or 1, R]``."""
+        rows, heads, _, head_dim = query.shape
+        slots, per_slot = tokens.shape[1], tokens.shape[2]
+        flat = tokens.flatten(1, 2)
+        key = self.to_k_ip(flat).view(rows, -1, heads, head_dim).transpose(1, 2)
+        value = self.to_v_ip(flat).view(rows, -1, heads, head_dim).transpose(1, 2)
+        scores = (query @ key.transpose(-1, -2)) * attn.scale  # [n, h, N, R*T]
+        # One softmax per reference: references do not compete for attention, and each
+        # one's weight and mask apply to its own output.
+        probs = scores.unflatten(-1, (slots, per_slot)).float().softmax(dim=-1)
+        probs = probs * weights.float()[:, None, :, :, None]
+        return probs.flatten(-2).to(value.dtype) @ value
+
+
+def install_ip_adapter(
+    unet: UNet2DConditionModel, context: AttentionContext, layers: AdapterLayers
+) -> None:
+    """Put a :class:`ReferenceAttention` on every cross-attention layer of ``unet``,
+    wrapping the processor found there (once: installing again re-wraps the original)."""
+    style = style_layer_prefix(unet)
+    processors = dict(unet.attn_processors)
+    for name, to_k_ip, to_v_ip in zip(layers.names, layers.keys, layers.values, strict=True):
+        base = processors[name]
+        if isinstance(base, ReferenceAttention):
+            base = base.base
+        processors[name] = ReferenceAttention(
+            context, to_k_ip, to_v_ip, layer=name, style_layer=name.startswith(style), base=base
+        )
+    unet.set_attn_processor(processors)

@@ -1,0 +1,277 @@
+"""2K and 4K: the bucket image upscaled, then refined at the output resolution.
+
+SDXL composes well at about one megapixel; asked for 4096x4096 directly it repeats its
+subject and loses the composition, and a plain resize of the bucket image is soft. So an
+image is composed at its bucket, then refined (SDXL's "hires fix"): decoded, upscaled
+(bicubic) to the working size, encoded by the VAE again, noised to :data:`STRENGTH` of the
+schedule and denoised through the rest of it, which redraws the detail a resize cannot.
+The pixels stay float between the stages: rounding the bucket image to bytes would turn
+the last-bit float differences between batch sizes into whole steps of 1/255, which the
+refinement then amplifies.
+
+Up to :data:`WHOLE_AREA` times the bucket's area the whole latent goes through the UNet
+at once, in chunks of samples whose pixels stay within those of the bucket pass. Beyond it
+(4K), the latent is covered by overlapping bucket-sized tiles, each evaluated at every step
+with SDXL's crop coordinates telling it where it sits in the image, and the predictions are
+blended with weights that fall off towards tile edges before the scheduler step
+(MultiDiffusion, Bar-Tal et al. 2023): memory is that of a bucket pass whatever the output
+size, and no seams show because every step averages the overlaps. The VAE encodes and
+decodes in tiles (diffusers' tiling), one image at a time.
+
+Models smaller than SDXL (``tiny``) work at the output size scaled by their base
+resolution over SDXL's: the same arithmetic on proportionally smaller images, resized to
+the exact output size at the end like every image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .sdxl import Conditioning, NoisePredictor, Sample, SDXLPipeline, StepCallback
+from .seeds import derive_seed
+
+__all__ = [
+    "STRENGTH",
+    "WHOLE_AREA",
+    "Refiner",
+    "Tile",
+    "TiledPredictor",
+    "chunks",
+    "tile_grid",
+]
+
+# The part of the schedule the refinement redraws: enough for detail at the new scale,
+# little enough that the bucket image's composition (and a series' subject) stays.
+STRENGTH = 0.35
+# Up to this many bucket areas, the latent is refined whole; beyond it, in tiles.
+WHOLE_AREA = 4.0
+# Output areas up to this many bucket areas are only resized: too little to gain detail.
+MIN_AREA = 1.25
+# Which derived seed draws a sample's refinement noise (0 is its starting noise's seed).
+_NOISE_STREAM = 1 << 20
+# SDXL's base resolution: other models' working sizes scale by theirs over this.
+_SDXL_BASE = 1024
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window of the latent, in latent pixels."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    @property
+    def window(self) -> tuple[slice, slice]:
+        """Index for the last two dimensions of a latent tensor."""
+        return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
+
+
+def tile_grid(height: int, width: int, *, tile: int, overlap: int) -> list[Tile]:
+    """Tiles of at most ``tile`` covering a ``height x width`` latent, overlapping by at
+    least ``overlap``, spread evenly so that none hangs over the edge."""
+
+    def starts(length: int) -> list[tuple[int, int]]:
+        size = min(tile, length)
+        if size == length:
+            return [(0, size)]
+        count = math.ceil((length - overlap) / (size - overlap))
+        return [(round(i * (length - size) / (count - 1)), size) for i in range(count)]
+
+    return [
+        Tile(top, left, tile_height, tile_width)
+        for top, tile_height in starts(height)
+        for left, tile_width in starts(width)
+    ]
+
+
+def _ramp(length: int, overlap: int) -> torch.Tensor:
+    # 1 in the middle, falling linearly to 1/(overlap + 1) at both ends; never 0, so an
+    # image edge covered by a single tile still divides by a positive total.
+    index = torch.arange(length, dtype=torch.float32)
+    return torch.minimum((index + 1) / (overlap + 1), (length - index) / (overlap + 1)).clamp(
+        max=1.0
+    )
+
+
+class Refiner:
+    """Upscales and refines a batch's bucket images to one working size."""
+
+    def __init__(self, pipeline: SDXLPipeline, *, base_resolution: int) -> None:
+        self.pipeline = pipeline
+        self.base_resolution = base_resolution
+        # Tiles are bucket-sized: the UNet's native scale, and a bucket pass's memory.
+        self.tile = base_resolution // pipeline.vae_scale
+        self.overlap = self.tile // 4
+        # Diffusers' VAE tiling engages only above the VAE's own sample size.
+        pipeline.components.vae.enable_tiling()
+
+    def working_size(self, width: int, height: int) -> tuple[int, int]:
+        """The pixels an output of ``width x height`` is refined at: the output itself for
+        SDXL, scaled for smaller models, rounded to the pipeline's pixel multiple."""
+        multiple = self.pipeline.pixel_multiple
+        scale = self.base_resolution / _SDXL_BASE
+
+        def fit(side: int) -> int:
+            return max(multiple, round(side * scale / multiple) * multiple)
+
+        return fit(width), fit(height)
+
+    def needed(self, bucket: tuple[int, int], size: tuple[int, int]) -> bool:
+        """Whether images generated at ``bucket`` gain from refinement at ``size``."""
+        return size[0] * size[1] > MIN_AREA * bucket[0] * bucket[1]
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        samples: Sequence[Sample],
+        latents: torch.Tensor,
+        *,
+        width: int,
+        height: int,
+        steps: int,
+        on_step: StepCallback | None = None,
+    ) -> list[Image.Image]:
+        """The images of bucket ``latents`` (one per sample) refined at ``width x height``."""
+        self.pipeline.check_inputs(samples, width, height, steps)
+        bucket_area = self.base_resolution**2
+        if width * height > WHOLE_AREA * bucket_area:
+            return self._refine(samples, latents, width, height, steps, on_step, tiled=True)
+        # Whole latents: as many samples per call as fit the pixels of a bucket pass.
+        rows = max(1, len(samples) * bucket_area // (width * height))
+        refined: list[Image.Image] = []
+        for start, stop in chunks(samples, rows):
+            refined += self._refine(
+                samples[start:stop], latents[start:stop], width, height, steps, on_step, tiled=False
+            )
+        return refined
+
+    def _refine(
+        self,
+        samples: Sequence[Sample],
+        base: torch.Tensor,
+        width: int,
+        height: int,
+        steps: int,
+        on_step: StepCallback | None,
+        *,
+        tiled: bool,
+    ) -> list[Image.Image]:
+        pipeline = self.pipeline
+        # 1. Conditioning at the working size.
+        cond = pipeline.encode(samples, width=width, height=height)
+        # 2. The last STRENGTH of the schedule.
+        scheduler = pipeline.components.scheduler
+        scheduler.set_timesteps(steps, device=pipeline.device)
+        start = steps - max(1, round(steps * STRENGTH))
+        timesteps = scheduler.timesteps[start:]
+        scheduler.set_begin_index(start * scheduler.order)
+        # 3. The upscaled images' latents, noised to the first of those timesteps.
+        latents = self.upscale(base, width=width, height=height)
+        noise = self.noise(samples, latents.shape[1:])
+        latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(samples)))
+        # 4. Denoise, whole or in blended tiles.
+        predict = self.tiled_predictor(cond, latents.shape, width, height) if tiled else None
+        latents = pipeline.denoise(latents, cond, timesteps, on_step=on_step, predict=predict)
+        # 5. Decode (tiled by the VAE where large).
+        return pipeline.decode(latents)
+
+    def upscale(self, latents: torch.Tensor, *, width: int, height: int) -> torch.Tensor:
+        """Bucket latents to the latents of their images upscaled to ``width x height``,
+        one image at a time (the VAE's activations are the largest tensors here)."""
+        upscaled = []
+        for sample_latents in latents:
+            pixels = self.pipeline.decode_pixels(sample_latents)
+            pixels = F.interpolate(pixels[None], size=(height, width), mode="bicubic")[0]
+            upscaled.append(self.pipeline.encode_pixels(pixels.clamp(-1, 1)))
+        return torch.stack(upscaled)
+
+    def noise(self, samples: Sequence[Sample], shape: torch.Size) -> torch.Tensor:
+        """Each sample's refinement noise, from its own seed's stream (on the CPU, as the
+        starting noise is): independent of the batch, and of the starting noise."""
+        noise = [
+            torch.randn(
+                shape,
+                generator=torch.Generator("cpu").manual_seed(derive_seed(s.seed, _NOISE_STREAM)),
+            )
+            for s in samples
+        ]
+        return torch.stack(noise).to(self.pipeline.device, self.pipeline.dtype)
+
+    def tiled_predictor(
+        self, cond: Conditioning, shape: torch.Size, width: int, height: int
+    ) -> TiledPredictor:
+        """The blended-tile predictor for latents of ``shape`` of a ``width x height``
+        image conditioned by ``cond``."""
+        tiles = tile_grid(shape[-2], shape[-1], tile=self.tile, overlap=self.overlap)
+        scale = self.pipeline.vae_scale
+        conds = [
+            cond.with_size(
+                original=(width, height),
+                crop=(tile.left * scale, tile.top * scale),
+                target=(tile.width * scale, tile.height * scale),
+            )
+            for tile in tiles
+        ]
+        return TiledPredictor(
+            self.pipeline.predict_noise, tiles, conds, self.overlap, device=self.pipeline.device
+        )
+
+
+class TiledPredictor:
+    """Noise predictions for a large latent from overlapping tiles, blended."""
+
+    def __init__(
+        self,
+        predict: NoisePredictor,
+        tiles: Sequence[Tile],
+        conds: Sequence[Conditioning],
+        overlap: int,
+        *,
+        device: torch.device,
+    ) -> None:
+        self.predict = predict
+        self.tiles = list(zip(tiles, conds, strict=True))
+        self.weights = [
+            (_ramp(tile.height, overlap)[:, None] * _ramp(tile.width, overlap)[None, :]).to(device)
+            for tile in tiles
+        ]
+
+    def __call__(
+        self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning
+    ) -> torch.Tensor:
+        """The blended prediction (``cond`` is the whole image's; each tile uses its own)."""
+        total = torch.zeros(latents.shape, dtype=torch.float32, device=latents.device)
+        weight = torch.zeros(latents.shape[-2:], dtype=torch.float32, device=latents.device)
+        for (tile, tile_cond), tile_weight in zip(self.tiles, self.weights, strict=True):
+            window = (..., *tile.window)
+            noise = self.predict(latents[window], timestep, tile_cond)
+            total[window] += noise.float() * tile_weight
+            weight[tile.window] += tile_weight
+        return (total / weight).to(latents.dtype)
+
+
+def chunks(samples: Sequence[Sample], rows: int) -> list[tuple[int, int]]:
+    """Consecutive (start, stop) runs of at most ``rows`` samples, never separating the
+    frames of one sequential request (a series larger than ``rows`` runs alone)."""
+    runs: list[tuple[int, int]] = []
+    index = 0
+    while index < len(samples):
+        stop = index + 1
+        group = samples[index].group
+        while stop < len(samples) and group is not None and samples[stop].group == group:
+            stop += 1
+        # The unit [index, stop) joins the open run when it fits.
+        if runs and stop - runs[-1][0] <= rows:
+            runs[-1] = (runs[-1][0], stop)
+        else:
+            runs.append((index, stop))
+        index = stop
+    return runs

@@ -133,6 +133,41 @@ def test_reference_sets_auto_aspect(stack: Stack, image_host: ImageHost) -> None
     assert record["referencesCount"] == 1 and image_host.requests == ["/face.png"]
 
 
+def test_reference_conditions_the_image(stack: Stack, image_host: ImageHost) -> None:
+    """Through the whole path, the reference reaches the IP-Adapter: the same prompt and
+    seed without it give another image."""
+    url = image_host.add_image("/outfit.png", png_bytes(256, 256))
+    key = stack.new_key()
+    body = {"prompt": "image_1 for the outfit, a dancer on a stage", "seed": 5, "size": "2K"}
+    with_reference = submit(stack, key, references=[url], **body)
+    without = submit(stack, key, **body)
+    assert with_reference["status"] == without["status"] == "succeeded"
+    first = fetch_png(with_reference["images"][0]["url"])
+    second = fetch_png(without["images"][0]["url"])
+    assert first.size == second.size == (2048, 2048)
+    assert first.tobytes() != second.tobytes()
+
+
+def test_sequential_frames_come_back_in_order(stack: Stack) -> None:
+    key = stack.new_key()
+    body = {
+        "prompt": "The same woman at four life stages: child, adolescent, adult, elderly",
+        "sequential": "auto",
+        "sequentialOptions": {"maxImages": 4},
+        "seed": 77,
+        "size": "2K",
+    }
+    first, again = submit(stack, key, **body), submit(stack, key, **body)
+    assert first["status"] == "succeeded", first
+    assert first["cost"] == {"xTokens": 40}
+    frames = [fetch_png(image["url"]) for image in first["images"]]
+    repeat = [fetch_png(image["url"]) for image in again["images"]]
+    assert [frame.size for frame in frames] == [(2048, 2048)] * 4
+    # Frames are distinct images, and the series reproduces frame by frame, in order.
+    assert len({frame.tobytes() for frame in frames}) == 4
+    assert [f.tobytes() for f in frames] == [r.tobytes() for r in repeat]
+
+
 @pytest.mark.parametrize(
     ("route", "payload", "match"),
     [

@@ -160,8 +160,8 @@ class Generator:
             self.samples(request, group=position) for position, (_, request) in enumerate(members)
         ]
         flat = [sample for group in per_request for sample in group]
-        sizes = [
-            self.refiner.working_size(request.width, request.height)
+        outputs = [
+            (request.width, request.height)
             for (_, request), samples in zip(members, per_request, strict=True)
             for _ in samples
         ]
@@ -174,7 +174,7 @@ class Generator:
                     )
                 ),
             )
-            raw = self._images(flat, latents, sizes, (width, height), steps, on_step)
+            raw = self._images(flat, latents, outputs, (width, height), steps, on_step)
         except Exception as exc:
             if len(members) == 1:
                 if not isinstance(exc, PipelineError):
@@ -192,40 +192,46 @@ class Generator:
         for (index, request), samples in zip(members, per_request, strict=True):
             images = raw[offset : offset + len(samples)]
             offset += len(samples)
-            results.append((index, [self.finish(image, request) for image in images]))
+            if request.watermark:
+                images = [add_watermark(image) for image in images]
+            results.append((index, images))
         return results
 
     def _images(
         self,
         samples: list[Sample],
         latents: list[torch.Tensor],
-        sizes: list[tuple[int, int]],
+        outputs: list[tuple[int, int]],
         bucket: tuple[int, int],
         steps: int,
         on_step: StepCallback | None,
     ) -> list[Image.Image]:
-        """The samples' images from their bucket latents: upscaled and refined at their
-        working size where that gains detail, in one pass per working size (a bucket pass
-        may hold 2K and 4K requests of one aspect ratio), else decoded as they are."""
+        """The samples' images at their ``outputs`` sizes from their bucket latents:
+        upscaled and refined at their working size where that gains detail, in one pass
+        per working size (a bucket pass may hold 2K and 4K requests of one aspect ratio),
+        else decoded and resized."""
+        sizes = [self.refiner.working_size(*output) for output in outputs]
         images: list[Image.Image | None] = [None] * len(samples)
         for size in dict.fromkeys(sizes):
             rows = [index for index, wanted in enumerate(sizes) if wanted == size]
             part = [samples[index] for index in rows]
+            ends = [outputs[index] for index in rows]
             bases = torch.stack([latents[index] for index in rows])
             if self.refiner.needed(bucket, size):
                 done = self._split_on_oom(
                     part,
-                    lambda chunk, size=size, part=part, bases=bases: self.refiner(
+                    lambda chunk, size=size, part=part, bases=bases, ends=ends: self.refiner(
                         part[chunk],
                         bases[chunk],
                         width=size[0],
                         height=size[1],
                         steps=steps,
+                        outputs=ends[chunk],
                         on_step=on_step,
                     ),
                 )
             else:
-                done = self.pipeline.decode(bases)
+                done = self.pipeline.decode(bases, sizes=ends)
             for index, image in zip(rows, done, strict=True):
                 images[index] = image
         return images  # type: ignore[return-value]
@@ -259,13 +265,6 @@ class Generator:
             return self._split_on_oom(samples, run, start, middle) + self._split_on_oom(
                 samples, run, middle, stop
             )
-
-    @staticmethod
-    def finish(image: Image.Image, request: GenerationRequest) -> Image.Image:
-        """Resize to exactly the requested pixels, then mark if asked."""
-        if image.size != (request.width, request.height):
-            image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
-        return add_watermark(image) if request.watermark else image
 
 
 def split_point(samples: Sequence[Sample]) -> int | None:

@@ -30,10 +30,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from .sdxl import Conditioning, NoisePredictor, Sample, SDXLPipeline, StepCallback
+from .sdxl import (
+    Conditioning,
+    NoisePredictor,
+    Sample,
+    SDXLPipeline,
+    StepCallback,
+    resize_pixels,
+)
 from .seeds import derive_seed
 
 __all__ = [
@@ -137,19 +143,30 @@ class Refiner:
         width: int,
         height: int,
         steps: int,
+        outputs: Sequence[tuple[int, int]],
         on_step: StepCallback | None = None,
     ) -> list[Image.Image]:
-        """The images of bucket ``latents`` (one per sample) refined at ``width x height``."""
+        """The images of bucket ``latents`` (one per sample) refined at ``width x height``
+        and resized to their ``outputs`` (width, height)."""
         self.pipeline.check_inputs(samples, width, height, steps)
         bucket_area = self.base_resolution**2
         if width * height > WHOLE_AREA * bucket_area:
-            return self._refine(samples, latents, width, height, steps, on_step, tiled=True)
+            return self._refine(
+                samples, latents, width, height, steps, outputs, on_step, tiled=True
+            )
         # Whole latents: as many samples per call as fit the pixels of a bucket pass.
         rows = max(1, len(samples) * bucket_area // (width * height))
         refined: list[Image.Image] = []
         for start, stop in chunks(samples, rows):
             refined += self._refine(
-                samples[start:stop], latents[start:stop], width, height, steps, on_step, tiled=False
+                samples[start:stop],
+                latents[start:stop],
+                width,
+                height,
+                steps,
+                outputs[start:stop],
+                on_step,
+                tiled=False,
             )
         return refined
 
@@ -160,6 +177,7 @@ class Refiner:
         width: int,
         height: int,
         steps: int,
+        outputs: Sequence[tuple[int, int]],
         on_step: StepCallback | None,
         *,
         tiled: bool,
@@ -180,17 +198,16 @@ class Refiner:
         # 4. Denoise, whole or in blended tiles.
         predict = self.tiled_predictor(cond, latents.shape, width, height) if tiled else None
         latents = pipeline.denoise(latents, cond, timesteps, on_step=on_step, predict=predict)
-        # 5. Decode (tiled by the VAE where large).
-        return pipeline.decode(latents)
+        # 5. Decode (tiled by the VAE where large) to the output sizes.
+        return pipeline.decode(latents, sizes=outputs)
 
     def upscale(self, latents: torch.Tensor, *, width: int, height: int) -> torch.Tensor:
         """Bucket latents to the latents of their images upscaled to ``width x height``,
         one image at a time (the VAE's activations are the largest tensors here)."""
         upscaled = []
         for sample_latents in latents:
-            pixels = self.pipeline.decode_pixels(sample_latents)
-            pixels = F.interpolate(pixels[None], size=(height, width), mode="bicubic")[0]
-            upscaled.append(self.pipeline.encode_pixels(pixels.clamp(-1, 1)))
+            pixels = resize_pixels(self.pipeline.decode_pixels(sample_latents), (width, height))
+            upscaled.append(self.pipeline.encode_pixels(pixels))
         return torch.stack(upscaled)
 
     def noise(self, samples: Sequence[Sample], shape: torch.Size) -> torch.Tensor:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .acceleration import Acceleration, prepare_unet
@@ -48,6 +49,7 @@ __all__ = [
     "SDXLPipeline",
     "StepCallback",
     "frame_groups",
+    "resize_pixels",
 ]
 
 # Called after each denoising step with (step index, seconds the step took).
@@ -134,7 +136,8 @@ class SDXLPipeline:
         self.encoder = PromptEncoder(self.components, device=device)
         unet = self.components.unet
         # The kernel first: the reference and frame processors wrap the one they find.
-        prepare_unet(unet, acceleration or Acceleration(), device)
+        self.acceleration = acceleration or Acceleration()
+        prepare_unet(unet, self.acceleration, device)
         # Reference and frame attention: installed once, steered per call by the context.
         self.attention = AttentionContext()
         if self.components.references is not None:
@@ -317,12 +320,20 @@ class SDXLPipeline:
                 on_step(index, time.perf_counter() - started)
         return latents
 
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        """Latents to images, one sample at a time: VAE activations at full resolution are
-        the largest tensors of the whole call."""
+    def decode(
+        self, latents: torch.Tensor, *, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> list[Image.Image]:
+        """Latents to images, one sample at a time (VAE activations at full resolution are
+        the largest tensors of the whole call), each resized to its ``sizes`` entry
+        (width, height) before its pixels are rounded to bytes: rounded first, a pixel's
+        last-bit difference between batch sizes could flip a byte that the resize then
+        spreads and amplifies."""
         images = []
-        for sample_latents in latents:
-            pixels = ((self.decode_pixels(sample_latents) + 1) * 127.5).round().byte()
+        for index, sample_latents in enumerate(latents):
+            pixels = self.decode_pixels(sample_latents)
+            if sizes is not None:
+                pixels = resize_pixels(pixels, sizes[index])
+            pixels = ((pixels + 1) * 127.5).round().byte()
             array = np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
             images.append(Image.fromarray(array))
         return images
@@ -373,6 +384,17 @@ class SDXLPipeline:
         """Generate one image per sample at ``width x height``."""
         latents = self.latents(samples, width=width, height=height, steps=steps, on_step=on_step)
         return self.decode(latents)
+
+
+def resize_pixels(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Float pixels ``[3, H, W]`` in [-1, 1] resized to ``size`` (width, height): bicubic,
+    antialiased when shrinking."""
+    if (pixels.shape[-1], pixels.shape[-2]) == size:
+        return pixels
+    resized = F.interpolate(pixels[None], size=(size[1], size[0]), mode="bicubic", antialias=True)[
+        0
+    ]
+    return resized.clamp(-1, 1)
 
 
 def frame_groups(samples: Sequence[Sample]) -> tuple[FrameGroup, ...]:

@@ -113,6 +113,19 @@ def _gpu_idle_seconds(port: int) -> float:
     return 0.0
 
 
+def _wait_ready(port: int, *, timeout: float = 120) -> None:
+    """Until the worker on metrics ``port`` answers /readyz (model loaded, consuming)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.5)
+    raise TimeoutError(f"the GPU worker was not ready within {timeout:.0f} s")
+
+
 def _throughput_phase(
     base_url: str, key: str, *, in_flight: int, seconds: float, metrics_port: int
 ) -> dict[str, float]:
@@ -130,6 +143,7 @@ def _throughput_phase(
         response.raise_for_status()
         outstanding.add(response.json()["requestId"])
 
+    _wait_ready(metrics_port)
     for _ in range(in_flight):
         submit()
     # Warm-up: the first results include model loading and queue filling.

@@ -22,7 +22,7 @@ from PIL import Image
 from .acceleration import Acceleration
 from .buckets import bucket_for
 from .components import build_components
-from .errors import InvalidInput, ModelUnavailable, PipelineError
+from .errors import InvalidInput, PipelineError
 from .prompts import frame_prompts
 from .refine import Refiner
 from .registry import ModelSpec
@@ -64,25 +64,22 @@ class Generator:
         self.refiner = Refiner(pipeline, base_resolution=spec.base_resolution)
 
     def check_inputs(self, request: GenerationRequest) -> None:
-        """Fail before any work, naming the argument and its value."""
+        """Fail before any work, naming the argument and its value: the request's own
+        bounds here, what its samples carry (guidance, prompt, references and the adapter
+        they need) through the pipeline's own check."""
         if request.width <= 0 or request.height <= 0:
             raise InvalidInput(
                 f"width and height must be positive; got {request.width}x{request.height}."
             )
         if not request.seeds:
             raise InvalidInput("seeds must name at least one image.")
-        if not 1 <= request.guidance_scale <= 20:
-            raise InvalidInput(f"guidance_scale must be in [1, 20]; got {request.guidance_scale}.")
-        if not request.prompt.strip():
-            raise InvalidInput("prompt must not be empty.")
         if len(request.references) > MAX_REFERENCES:
             raise InvalidInput(
                 f"references must be at most {MAX_REFERENCES}; got {len(request.references)}."
             )
-        if request.references and self.pipeline.components.references is None:
-            raise ModelUnavailable(
-                f"{self.spec.alias} has no IP-Adapter installed, so it cannot use reference images."
-            )
+        width, height = self.bucket(request)
+        steps = request.steps or self.spec.steps
+        self.pipeline.check_inputs(self.samples(request), width, height, steps)
 
     def bucket(self, request: GenerationRequest) -> tuple[int, int]:
         """The resolution the request is generated at before resizing."""

@@ -40,7 +40,6 @@ from .sdxl import (
     StepCallback,
     resize_pixels,
 )
-from .seeds import derive_seed
 
 __all__ = [
     "STRENGTH",
@@ -59,7 +58,7 @@ STRENGTH = 0.35
 WHOLE_AREA = 4.0
 # Output areas up to this many bucket areas are only resized: too little to gain detail.
 MIN_AREA = 1.25
-# Which derived seed draws a sample's refinement noise (0 is its starting noise's seed).
+# The noise stream of a sample's refinement noise (0 is its starting noise).
 _NOISE_STREAM = 1 << 20
 # SDXL's base resolution: other models' working sizes scale by theirs over this.
 _SDXL_BASE = 1024
@@ -193,7 +192,7 @@ class Refiner:
         scheduler.set_begin_index(start * scheduler.order)
         # 3. The upscaled images' latents, noised to the first of those timesteps.
         latents = self.upscale(base, width=width, height=height)
-        noise = self.noise(samples, latents.shape[1:])
+        noise = pipeline.noise(samples, width=width, height=height, stream=_NOISE_STREAM)
         latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(samples)))
         # 4. Denoise, whole or in blended tiles.
         predict = self.tiled_predictor(cond, latents.shape, width, height) if tiled else None
@@ -209,18 +208,6 @@ class Refiner:
             pixels = resize_pixels(self.pipeline.decode_pixels(sample_latents), (width, height))
             upscaled.append(self.pipeline.encode_pixels(pixels))
         return torch.stack(upscaled)
-
-    def noise(self, samples: Sequence[Sample], shape: torch.Size) -> torch.Tensor:
-        """Each sample's refinement noise, from its own seed's stream (on the CPU, as the
-        starting noise is): independent of the batch, and of the starting noise."""
-        noise = [
-            torch.randn(
-                shape,
-                generator=torch.Generator("cpu").manual_seed(derive_seed(s.seed, _NOISE_STREAM)),
-            )
-            for s in samples
-        ]
-        return torch.stack(noise).to(self.pipeline.device, self.pipeline.dtype)
 
     def tiled_predictor(
         self, cond: Conditioning, shape: torch.Size, width: int, height: int
@@ -256,23 +243,30 @@ class TiledPredictor:
     ) -> None:
         self.predict = predict
         self.tiles = list(zip(tiles, conds, strict=True))
-        self.weights = [
-            (_ramp(tile.height, overlap)[:, None] * _ramp(tile.width, overlap)[None, :]).to(device)
+        ramps = [
+            _ramp(tile.height, overlap)[:, None] * _ramp(tile.width, overlap)[None, :]
             for tile in tiles
+        ]
+        # Each tile's share of every latent pixel it covers: its ramp over the sum of all
+        # ramps there, the same at every step.
+        height = max(tile.top + tile.height for tile in tiles)
+        width = max(tile.left + tile.width for tile in tiles)
+        total = torch.zeros(height, width)
+        for tile, ramp in zip(tiles, ramps, strict=True):
+            total[tile.window] += ramp
+        self.weights = [
+            (ramp / total[tile.window]).to(device) for tile, ramp in zip(tiles, ramps, strict=True)
         ]
 
     def __call__(
         self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning
     ) -> torch.Tensor:
         """The blended prediction (``cond`` is the whole image's; each tile uses its own)."""
-        total = torch.zeros(latents.shape, dtype=torch.float32, device=latents.device)
-        weight = torch.zeros(latents.shape[-2:], dtype=torch.float32, device=latents.device)
-        for (tile, tile_cond), tile_weight in zip(self.tiles, self.weights, strict=True):
+        blended = torch.zeros(latents.shape, dtype=torch.float32, device=latents.device)
+        for (tile, tile_cond), weight in zip(self.tiles, self.weights, strict=True):
             window = (..., *tile.window)
-            noise = self.predict(latents[window], timestep, tile_cond)
-            total[window] += noise.float() * tile_weight
-            weight[tile.window] += tile_weight
-        return (total / weight).to(latents.dtype)
+            blended[window] += self.predict(latents[window], timestep, tile_cond).float() * weight
+        return blended.to(latents.dtype)
 
 
 def chunks(samples: Sequence[Sample], rows: int) -> list[tuple[int, int]]:

@@ -39,6 +39,7 @@ from .errors import InvalidInput, ModelUnavailable, PipelineError
 from .ip_adapter import install_ip_adapter
 from .references import ReferenceModels
 from .roles import KINDS, REGION_BOXES, REGIONS, STYLE, ReferenceRole
+from .seeds import derive_seed
 from .text import PromptEncoder
 
 __all__ = [
@@ -243,12 +244,18 @@ class SDXLPipeline:
             )
         return self.components.references
 
-    def noise(self, samples: Sequence[Sample], *, width: int, height: int) -> torch.Tensor:
-        """Each sample's starting noise, drawn on the CPU from its own generator: the same
-        seed gives the same start on every device and in every batch."""
+    def noise(
+        self, samples: Sequence[Sample], *, width: int, height: int, stream: int = 0
+    ) -> torch.Tensor:
+        """Each sample's noise for ``width x height`` latents, drawn on the CPU from its own
+        generator: the same seed gives the same noise on every device and in every batch.
+        Stream 0 (the starting noise) is seeded with the sample's seed; other streams
+        with seeds derived from it, independent of the starting noise."""
         shape = (4, height // self.vae_scale, width // self.vae_scale)
         noise = [
-            torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s.seed))
+            torch.randn(
+                shape, generator=torch.Generator("cpu").manual_seed(derive_seed(s.seed, stream))
+            )
             for s in samples
         ]
         return torch.stack(noise).to(self.device, self.dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .buckets import bucket_for
-from .errors import InvalidImage, InvalidInput, ModelUnavailable, PipelineError
+from .errors import InvalidImage, InvalidInput, ModelUnavailable, PipelineError, RequestCancelled
 from .images import decode_image, encode_png
 from .prompts import count_prompt_tokens, enumerate_items
 from .registry import ModelRegistry, ModelSpec
@@ -29,6 +29,7 @@ __all__ = [
     "ModelSpec",
     "ModelUnavailable",
     "PipelineError",
+    "RequestCancelled",
     "bucket_for",
     "count_prompt_tokens",
     "decode_image",

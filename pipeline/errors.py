@@ -5,12 +5,13 @@
     PipelineError
     ├── ModelUnavailable    an alias that is not registered, or weights that cannot load
     ├── InvalidInput        a request the pipeline cannot run (sizes, seeds, guidance, prompt)
-    └── InvalidImage        reference bytes that are not a usable image
+    ├── InvalidImage        reference bytes that are not a usable image
+    └── RequestCancelled    a request whose work was stopped while it ran
 """
 
 from __future__ import annotations
 
-__all__ = ["PipelineError", "ModelUnavailable", "InvalidInput", "InvalidImage"]
+__all__ = ["PipelineError", "ModelUnavailable", "InvalidInput", "InvalidImage", "RequestCancelled"]
 
 
 class PipelineError(Exception):
@@ -27,3 +28,7 @@ class InvalidInput(PipelineError):
 
 class InvalidImage(PipelineError):
     """Bytes that do not decode to an acceptable image."""
+
+
+class RequestCancelled(PipelineError):
+    """The caller stopped a request while it ran; it has no images."""

@@ -22,19 +22,20 @@ from PIL import Image
 from .acceleration import Acceleration
 from .buckets import bucket_for
 from .components import build_components
-from .errors import InvalidInput, PipelineError
+from .errors import InvalidInput, PipelineError, RequestCancelled
 from .prompts import frame_prompts
 from .refine import Refiner
 from .registry import ModelSpec
 from .request import GenerationRequest
 from .roles import parse_roles
-from .sdxl import ReferenceInput, Sample, SDXLPipeline, StepCallback
+from .sdxl import CancelCheck, ReferenceInput, Sample, SDXLPipeline, StepCallback
 from .watermark import add_watermark
 
 __all__ = [
     "MAX_REFERENCES",
     "BatchOutcome",
     "Generator",
+    "RequestCheck",
     "load_generator",
     "pick_device",
     "split_point",
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # Per request: its images, or the error that stopped it.
 BatchOutcome = list[Image.Image] | PipelineError
+# Asked between denoising steps with a request id: True once its work is no longer wanted.
+RequestCheck = Callable[[str], bool]
 # The spec's limit of reference images per request.
 MAX_REFERENCES = 10
 
@@ -121,11 +124,17 @@ class Generator:
         return outcome
 
     def generate_batch(
-        self, requests: Sequence[GenerationRequest], *, on_step: StepCallback | None = None
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_step: StepCallback | None = None,
+        cancelled: RequestCheck | None = None,
     ) -> list[BatchOutcome]:
         """Several requests, sharing forward passes where their bucket and step count
         agree. Each request gets its images or its own error: an invalid request, or one
-        the model fails on, does not fail its neighbours."""
+        the model fails on, does not fail its neighbours. A request for which
+        ``cancelled`` turns true leaves the batch at the next denoising step and gets
+        :class:`RequestCancelled`; the others go on as they would have without it."""
         outcomes: list[BatchOutcome | None] = [None] * len(requests)
         groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
@@ -138,7 +147,7 @@ class Generator:
             groups[(*self.bucket(request), steps)].append(index)
         for (width, height, steps), members in groups.items():
             for index, images in self._run_group(
-                [(i, requests[i]) for i in members], width, height, steps, on_step
+                [(i, requests[i]) for i in members], width, height, steps, on_step, cancelled
             ):
                 outcomes[index] = images
         assert all(outcome is not None for outcome in outcomes)
@@ -151,6 +160,7 @@ class Generator:
         height: int,
         steps: int,
         on_step: StepCallback | None,
+        cancelled: RequestCheck | None,
     ) -> list[tuple[int, BatchOutcome]]:
         # A request's position is its group id: unique within the batch.
         per_request = [
@@ -162,16 +172,39 @@ class Generator:
             for (_, request), samples in zip(members, per_request, strict=True)
             for _ in samples
         ]
+        stopped = _stopped_requests(members, cancelled)
+        check = _sample_check(members, per_request, cancelled)
         try:
             latents = self._split_on_oom(
                 flat,
                 lambda rows: list(
                     self.pipeline.latents(
-                        flat[rows], width=width, height=height, steps=steps, on_step=on_step
+                        flat[rows],
+                        width=width,
+                        height=height,
+                        steps=steps,
+                        on_step=on_step,
+                        cancelled=check,
                     )
                 ),
             )
-            raw = self._images(flat, latents, outputs, (width, height), steps, on_step)
+            # Requests stopped while they were denoised are neither refined nor decoded.
+            gone = stopped()
+            kept = [
+                row
+                for position in range(len(members))
+                if position not in gone
+                for row in _rows_of(per_request, position)
+            ]
+            raw = self._images(
+                [flat[row] for row in kept],
+                [latents[row] for row in kept],
+                [outputs[row] for row in kept],
+                (width, height),
+                steps,
+                on_step,
+                check,
+            )
         except Exception as exc:
             if len(members) == 1:
                 if not isinstance(exc, PipelineError):
@@ -183,12 +216,16 @@ class Generator:
             return [
                 outcome
                 for member in members
-                for outcome in self._run_group([member], width, height, steps, on_step)
+                for outcome in self._run_group([member], width, height, steps, on_step, cancelled)
             ]
-        results, offset = [], 0
-        for (index, request), samples in zip(members, per_request, strict=True):
-            images = raw[offset : offset + len(samples)]
-            offset += len(samples)
+        images_of = dict(zip(kept, raw, strict=True))
+        finished = stopped()
+        results: list[tuple[int, BatchOutcome]] = []
+        for position, (index, request) in enumerate(members):
+            if position in finished:
+                results.append((index, RequestCancelled(f"{request.request_id} was stopped.")))
+                continue
+            images = [images_of[row] for row in _rows_of(per_request, position)]
             if request.watermark:
                 images = [add_watermark(image) for image in images]
             results.append((index, images))
@@ -202,6 +239,7 @@ class Generator:
         bucket: tuple[int, int],
         steps: int,
         on_step: StepCallback | None,
+        cancelled: CancelCheck | None,
     ) -> list[Image.Image]:
         """The samples' images at their ``outputs`` sizes from their bucket latents:
         upscaled and refined at their working size where that gains detail, in one pass
@@ -225,6 +263,7 @@ class Generator:
                         steps=steps,
                         outputs=ends[chunk],
                         on_step=on_step,
+                        cancelled=cancelled,
                     ),
                 )
             else:
@@ -262,6 +301,39 @@ class Generator:
             return self._split_on_oom(samples, run, start, middle) + self._split_on_oom(
                 samples, run, middle, stop
             )
+
+
+def _rows_of(per_request: list[list[Sample]], position: int) -> range:
+    """The rows of the batch that hold the samples of the request at ``position``."""
+    start = sum(len(samples) for samples in per_request[:position])
+    return range(start, start + len(per_request[position]))
+
+
+def _stopped_requests(
+    members: list[tuple[int, GenerationRequest]], cancelled: RequestCheck | None
+) -> Callable[[], set[int]]:
+    """Positions of the members whose request has been stopped, asked anew at each call."""
+    if cancelled is None:
+        return set
+    return lambda: {
+        position for position, (_, request) in enumerate(members) if cancelled(request.request_id)
+    }
+
+
+def _sample_check(
+    members: list[tuple[int, GenerationRequest]],
+    per_request: list[list[Sample]],
+    cancelled: RequestCheck | None,
+) -> CancelCheck | None:
+    """The pipeline's per-sample question from the caller's per-request one."""
+    if cancelled is None:
+        return None
+    owner = {
+        id(sample): request.request_id
+        for (_, request), samples in zip(members, per_request, strict=True)
+        for sample in samples
+    }
+    return lambda sample: cancelled(owner[id(sample)])
 
 
 def split_point(samples: Sequence[Sample]) -> int | None:

@@ -33,12 +33,14 @@ import torch
 from PIL import Image
 
 from .sdxl import (
+    CancelCheck,
     Conditioning,
     NoisePredictor,
     Sample,
     SDXLPipeline,
     StepCallback,
     resize_pixels,
+    rows_stopped,
 )
 
 __all__ = [
@@ -144,14 +146,16 @@ class Refiner:
         steps: int,
         outputs: Sequence[tuple[int, int]],
         on_step: StepCallback | None = None,
+        cancelled: CancelCheck | None = None,
     ) -> list[Image.Image]:
         """The images of bucket ``latents`` (one per sample) refined at ``width x height``
-        and resized to their ``outputs`` (width, height)."""
+        and resized to their ``outputs`` (width, height). A sample that ``cancelled``
+        stops leaves the batch; its image is unfinished, for the caller to drop."""
         self.pipeline.check_inputs(samples, width, height, steps)
         bucket_area = self.base_resolution**2
         if width * height > WHOLE_AREA * bucket_area:
             return self._refine(
-                samples, latents, width, height, steps, outputs, on_step, tiled=True
+                samples, latents, width, height, steps, outputs, on_step, cancelled, tiled=True
             )
         # Whole latents: as many samples per call as fit the pixels of a bucket pass.
         rows = max(1, len(samples) * bucket_area // (width * height))
@@ -165,6 +169,7 @@ class Refiner:
                 steps,
                 outputs[start:stop],
                 on_step,
+                cancelled,
                 tiled=False,
             )
         return refined
@@ -178,6 +183,7 @@ class Refiner:
         steps: int,
         outputs: Sequence[tuple[int, int]],
         on_step: StepCallback | None,
+        cancelled: CancelCheck | None,
         *,
         tiled: bool,
     ) -> list[Image.Image]:
@@ -195,8 +201,15 @@ class Refiner:
         noise = pipeline.noise(samples, width=width, height=height, stream=_NOISE_STREAM)
         latents = scheduler.add_noise(latents, noise, timesteps[:1].repeat(len(samples)))
         # 4. Denoise, whole or in blended tiles.
-        predict = self.tiled_predictor(cond, latents.shape, width, height) if tiled else None
-        latents = pipeline.denoise(latents, cond, timesteps, on_step=on_step, predict=predict)
+        predict = self.tiled_predictor(latents.shape, width, height) if tiled else None
+        latents = pipeline.denoise(
+            latents,
+            cond,
+            timesteps,
+            on_step=on_step,
+            predict=predict,
+            stopped=rows_stopped(samples, cancelled),
+        )
         # 5. Decode (tiled by the VAE where large) to the output sizes.
         return pipeline.decode(latents, sizes=outputs)
 
@@ -209,23 +222,17 @@ class Refiner:
             upscaled.append(self.pipeline.encode_pixels(pixels))
         return torch.stack(upscaled)
 
-    def tiled_predictor(
-        self, cond: Conditioning, shape: torch.Size, width: int, height: int
-    ) -> TiledPredictor:
+    def tiled_predictor(self, shape: torch.Size, width: int, height: int) -> TiledPredictor:
         """The blended-tile predictor for latents of ``shape`` of a ``width x height``
-        image conditioned by ``cond``."""
+        image."""
         tiles = tile_grid(shape[-2], shape[-1], tile=self.tile, overlap=self.overlap)
-        scale = self.pipeline.vae_scale
-        conds = [
-            cond.with_size(
-                original=(width, height),
-                crop=(tile.left * scale, tile.top * scale),
-                target=(tile.width * scale, tile.height * scale),
-            )
-            for tile in tiles
-        ]
         return TiledPredictor(
-            self.pipeline.predict_noise, tiles, conds, self.overlap, device=self.pipeline.device
+            self.pipeline.predict_noise,
+            tiles,
+            self.overlap,
+            image_size=(width, height),
+            scale=self.pipeline.vae_scale,
+            device=self.pipeline.device,
         )
 
 
@@ -236,13 +243,15 @@ class TiledPredictor:
         self,
         predict: NoisePredictor,
         tiles: Sequence[Tile],
-        conds: Sequence[Conditioning],
         overlap: int,
         *,
+        image_size: tuple[int, int],
+        scale: int,
         device: torch.device,
     ) -> None:
         self.predict = predict
-        self.tiles = list(zip(tiles, conds, strict=True))
+        self.tiles = list(tiles)
+        self.image_size, self.scale = image_size, scale
         ramps = [
             _ramp(tile.height, overlap)[:, None] * _ramp(tile.width, overlap)[None, :]
             for tile in tiles
@@ -258,14 +267,26 @@ class TiledPredictor:
             (ramp / total[tile.window]).to(device) for tile, ramp in zip(tiles, ramps, strict=True)
         ]
 
+    def tile_cond(self, cond: Conditioning, tile: Tile) -> Conditioning:
+        """The whole image's ``cond`` as seen by one tile: a crop of the image, with the
+        SDXL size ids and reference regions of its place in it."""
+        scale = self.scale
+        return cond.with_size(
+            original=self.image_size,
+            crop=(tile.left * scale, tile.top * scale),
+            target=(tile.width * scale, tile.height * scale),
+        )
+
     def __call__(
         self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning
     ) -> torch.Tensor:
-        """The blended prediction (``cond`` is the whole image's; each tile uses its own)."""
+        """The blended prediction (``cond`` is the whole image's, for the rows still in the
+        batch; each tile derives its own from it)."""
         blended = torch.zeros(latents.shape, dtype=torch.float32, device=latents.device)
-        for (tile, tile_cond), weight in zip(self.tiles, self.weights, strict=True):
+        for tile, weight in zip(self.tiles, self.weights, strict=True):
             window = (..., *tile.window)
-            blended[window] += self.predict(latents[window], timestep, tile_cond).float() * weight
+            prediction = self.predict(latents[window], timestep, self.tile_cond(cond, tile))
+            blended[window] += prediction.float() * weight
         return blended.to(latents.dtype)
 
 

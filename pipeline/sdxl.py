@@ -43,20 +43,28 @@ from .seeds import derive_seed
 from .text import PromptEncoder
 
 __all__ = [
+    "CancelCheck",
     "Conditioning",
     "NoisePredictor",
     "ReferenceInput",
     "Sample",
     "SDXLPipeline",
+    "RowCheck",
     "StepCallback",
     "frame_groups",
     "resize_pixels",
+    "rows_stopped",
 ]
 
 # Called after each denoising step with (step index, seconds the step took).
 StepCallback = Callable[[int, float], None]
 # Guided noise for (scaled latents, timestep, conditioning).
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor, "Conditioning"], torch.Tensor]
+# Asked between denoising steps: True for a sample whose work is no longer wanted (its
+# request was cancelled or taken over elsewhere).
+CancelCheck = Callable[["Sample"], bool]
+# The same question for every row of one denoising call, in row order.
+RowCheck = Callable[[], Sequence[bool]]
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,44 @@ class Conditioning:
             self,
             time_ids=time_ids.repeat(self.time_ids.shape[0], 1),
             view=(top, left, bottom, right),
+        )
+
+    def select(self, rows: Sequence[int]) -> Conditioning:
+        """The conditioning of the samples at ``rows`` only (both guidance halves), for a
+        batch that some samples have left. Frame groups keep their members' new positions;
+        a group is whole or gone, since a request leaves with all its frames."""
+        batch = self.guidance.shape[0]
+        index = torch.tensor(
+            [*rows, *(batch + row for row in rows)], dtype=torch.long, device=self.states.device
+        )
+
+        def pick(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.index_select(0, index.to(tensor.device))
+
+        references = self.references
+        if references is not None:
+            references = ReferenceTokens(
+                tokens=pick(references.tokens),
+                scales=pick(references.scales),
+                style=pick(references.style),
+                regions=pick(references.regions),
+                background=pick(references.background),
+            )
+        position = {old: new for new, old in enumerate(rows)}
+        groups = tuple(
+            FrameGroup(samples=tuple(position[row] for row in group.samples), seed=group.seed)
+            for group in self.frame_groups
+            if all(row in position for row in group.samples)
+        )
+        return replace(
+            self,
+            states=pick(self.states),
+            pooled=pick(self.pooled),
+            mask=None if self.mask is None else pick(self.mask),
+            time_ids=pick(self.time_ids),
+            guidance=self.guidance[list(rows)],
+            references=references,
+            frame_groups=groups,
         )
 
 
@@ -311,16 +357,37 @@ class SDXLPipeline:
         *,
         on_step: StepCallback | None = None,
         predict: NoisePredictor | None = None,
+        stopped: RowCheck | None = None,
     ) -> torch.Tensor:
         """Run the scheduler over ``timesteps`` (set on ``self.components.scheduler``),
-        predicting noise with ``predict`` (blended tiles, say) or one UNet call."""
+        predicting noise with ``predict`` (blended tiles, say) or one UNet call.
+
+        Before each step ``stopped`` says which rows are no longer wanted: they leave the
+        batch (the others run on, each as it would alone) and keep their last latents. When
+        no row is left the loop ends early."""
         scheduler = self.components.scheduler
         predict = predict or self.predict_noise
+        live = list(range(latents.shape[0]))
+        live_cond = cond
         for index, timestep in enumerate(timesteps):
             started = time.perf_counter()
-            model_input = scheduler.scale_model_input(latents, timestep)
-            noise = predict(model_input, timestep, cond)
-            latents = scheduler.step(noise, timestep, latents).prev_sample
+            if stopped is not None:
+                flags = stopped()
+                kept = [row for row in live if not flags[row]]
+                if not kept:
+                    break
+                if kept != live:
+                    live, live_cond = kept, cond.select(kept)
+                    latents = latents.clone()  # the rows that left keep their latents
+            whole = len(live) == latents.shape[0]
+            rows = latents if whole else latents[live]
+            model_input = scheduler.scale_model_input(rows, timestep)
+            noise = predict(model_input, timestep, live_cond)
+            stepped = scheduler.step(noise, timestep, rows).prev_sample
+            if whole:
+                latents = stepped
+            else:
+                latents[live] = stepped
             if on_step is not None:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
@@ -365,8 +432,10 @@ class SDXLPipeline:
         height: int,
         steps: int,
         on_step: StepCallback | None = None,
+        cancelled: CancelCheck | None = None,
     ) -> torch.Tensor:
-        """Denoised latents, one per sample, for ``width x height`` images."""
+        """Denoised latents, one per sample, for ``width x height`` images; a sample that
+        ``cancelled`` stops leaves the batch and its latents are not finished."""
         # 1. Check inputs.
         self.check_inputs(samples, width, height, steps)
         # 2. Conditioning: prompts, size ids, guidance, references, frame groups.
@@ -376,7 +445,13 @@ class SDXLPipeline:
         scheduler.set_timesteps(steps, device=self.device)
         latents = self.noise(samples, width=width, height=height) * scheduler.init_noise_sigma
         # 4. Denoising loop.
-        return self.denoise(latents, cond, scheduler.timesteps, on_step=on_step)
+        return self.denoise(
+            latents,
+            cond,
+            scheduler.timesteps,
+            on_step=on_step,
+            stopped=rows_stopped(samples, cancelled),
+        )
 
     @torch.inference_mode()
     def __call__(
@@ -402,6 +477,13 @@ def resize_pixels(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         0
     ]
     return resized.clamp(-1, 1)
+
+
+def rows_stopped(samples: Sequence[Sample], cancelled: CancelCheck | None) -> RowCheck | None:
+    """The row check of a denoising call over ``samples`` (None when nothing can stop)."""
+    if cancelled is None:
+        return None
+    return lambda: [cancelled(sample) for sample in samples]
 
 
 def frame_groups(samples: Sequence[Sample]) -> tuple[FrameGroup, ...]:

@@ -45,11 +45,15 @@ def test_blended_tiles_reproduce_a_position_independent_prediction(tiny: Generat
     refiner = tiny.refiner
     sample = Sample("a lighthouse", 3, 7.5)
     cond = tiny.pipeline.encode([sample], width=256, height=192)
-    tiled = refiner.tiled_predictor(cond, torch.Size((1, 4, 96, 128)), 256, 192)
+    tiled = refiner.tiled_predictor(torch.Size((1, 4, 96, 128)), 256, 192)
     assert len(tiled.tiles) > 4
-    tiles, conds = zip(*tiled.tiles, strict=True)
     doubling = TiledPredictor(
-        lambda x, t, c: 2 * x, tiles, conds, refiner.overlap, device=torch.device("cpu")
+        lambda x, t, c: 2 * x,
+        tiled.tiles,
+        refiner.overlap,
+        image_size=(256, 192),
+        scale=tiny.pipeline.vae_scale,
+        device=torch.device("cpu"),
     )
     latents = torch.randn(1, 4, 96, 128)
     blended = doubling(latents, torch.tensor(1.0), cond)

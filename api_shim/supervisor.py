@@ -24,6 +24,7 @@ from pathlib import Path
 
 from scheduler.embedded_redis import EmbeddedRedis, find_running
 from scheduler.settings import Settings
+from scheduler.worker import EXIT_MODEL_UNAVAILABLE
 
 __all__ = ["Supervisor", "STOP_GRACE_SECONDS"]
 
@@ -138,7 +139,11 @@ class Supervisor:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self._check_children()
+            try:
+                self._check_children()
+            except RuntimeError:
+                self.stop()
+                raise
             try:
                 with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=2) as response:
                     if response.status == 200:
@@ -153,7 +158,20 @@ class Supervisor:
         for name, child in self.children.items():
             code = child.poll()
             if code is not None:
-                raise RuntimeError(f"{name} exited with status {code}.")
+                raise RuntimeError(f"{name} exited with status {code}{self._why(name, code)}.")
+
+    def _why(self, name: str, code: int) -> str:
+        """What a dead child said last (its log's last line, when it logs to a file)."""
+        said = ""
+        if self.log_dir is not None:
+            with contextlib.suppress(OSError):
+                lines = (self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()
+                said = next((line for line in reversed(lines) if line.strip()), "")
+        if said:
+            return f": {said}"
+        if code == EXIT_MODEL_UNAVAILABLE:
+            return ": its model could not be loaded (its output above says why)"
+        return ""
 
     def wait(self, *, on_exit: Callable[[str], None] | None = None) -> int:
         """Block until a stop is requested (0) or a child dies (1)."""

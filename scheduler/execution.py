@@ -30,6 +30,7 @@ from pipeline import (
     GenerationRequest,
     InvalidInput,
     PipelineError,
+    RequestCancelled,
     decode_image,
     derive_seed,
     encode_png,
@@ -85,11 +86,15 @@ def generator_for(runtime: Runtime, alias: str) -> Generator:
 
 
 class LeaseKeeper:
-    """Renews the leases of every job this process holds, from one background thread."""
+    """Renews the leases of every job this process holds, and notices the jobs it no longer
+    owns (cancelled, deleted, timed out, or taken over by another worker while this one was
+    frozen), from one background thread: one Redis round trip per ``watch_ms``, so the GPU
+    thread only reads a set between denoising steps."""
 
-    def __init__(self, jobs: JobStore, *, lease_ms: int) -> None:
-        self._jobs, self._lease_ms = jobs, lease_ms
+    def __init__(self, jobs: JobStore, *, lease_ms: int, watch_ms: int) -> None:
+        self._jobs, self._lease_ms, self._watch_ms = jobs, lease_ms, watch_ms
         self._held: dict[str, int] = {}
+        self._lost: set[str] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
         self._thread.start()
@@ -98,32 +103,61 @@ class LeaseKeeper:
         """Keep renewing this job's lease until :meth:`release`."""
         with self._lock:
             self._held[job_id] = attempt
+            self._lost.discard(job_id)
 
     def release(self, job_id: str) -> None:
         """Stop renewing (the job is finished, or lost)."""
         with self._lock:
             self._held.pop(job_id, None)
+            self._lost.discard(job_id)
+
+    def lost(self, job_id: str) -> bool:
+        """Whether this worker no longer owns a job it holds: its work should stop."""
+        return job_id in self._lost
 
     def _run(self) -> None:
+        renew_every = self._lease_ms / 3000
+        renewed = time.monotonic()
         while True:
-            time.sleep(self._lease_ms / 3000)
+            time.sleep(self._watch_ms / 1000)
             with self._lock:
-                held = list(self._held.items())
-            for job_id, attempt in held:
-                try:
-                    if not self._jobs.renew(job_id, attempt, lease_ms=self._lease_ms):
-                        # Taken over (we were too slow) or gone: our result is stale.
-                        log.warning("lost the lease on %s (attempt %d)", job_id, attempt)
-                        self.release(job_id)
-                except Exception:  # a Redis blip: the next round retries before expiry
-                    log.warning("could not renew the lease on %s", job_id, exc_info=True)
+                held = {k: v for k, v in self._held.items() if k not in self._lost}
+            if not held:
+                continue
+            try:
+                lost = self._jobs.not_owned(held)
+            except Exception:  # a Redis blip: the next round looks again
+                log.warning("could not check the jobs this worker holds", exc_info=True)
+                lost = set()
+            if lost:
+                log.info("stopping work on %s: no longer this worker's", ", ".join(sorted(lost)))
+                with self._lock:
+                    self._lost |= lost & self._held.keys()
+            if time.monotonic() - renewed >= renew_every:
+                renewed = time.monotonic()
+                self._renew({k: v for k, v in held.items() if k not in lost})
+
+    def _renew(self, held: dict[str, int]) -> None:
+        for job_id, attempt in held.items():
+            try:
+                if not self._jobs.renew(job_id, attempt, lease_ms=self._lease_ms):
+                    # Taken over (we were too slow) or gone: our result is stale.
+                    log.warning("lost the lease on %s (attempt %d)", job_id, attempt)
+                    with self._lock:
+                        self._lost.add(job_id)
+            except Exception:  # a Redis blip: the next round retries before expiry
+                log.warning("could not renew the lease on %s", job_id, exc_info=True)
 
 
 @dataclass
 class _Claimed:
+    """A job this worker claimed; ``settled`` once its outcome is recorded or handed to
+    the uploader (from then on nothing else may fail it)."""
+
     record: JobRecord
     attempt: int
-    request: GenerationRequest
+    request: GenerationRequest | None = None
+    settled: bool = False
 
 
 class _Worker:
@@ -131,7 +165,11 @@ class _Worker:
 
     def __init__(self, runtime: Runtime) -> None:
         settings = runtime.settings
-        self.leases = LeaseKeeper(runtime.jobs, lease_ms=settings.lease_seconds * 1000)
+        self.leases = LeaseKeeper(
+            runtime.jobs,
+            lease_ms=settings.lease_seconds * 1000,
+            watch_ms=int(settings.watch_seconds * 1000),
+        )
         self.uploads = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="upload")
         # Bounds images waiting for upload, so a slow store slows the GPU instead of
         # filling memory.
@@ -201,44 +239,52 @@ def _request_for(runtime: Runtime, record: JobRecord) -> GenerationRequest:
 def _fail(
     runtime: Runtime,
     state: _Worker,
-    record: JobRecord,
-    attempt: int,
+    job: _Claimed,
     code: JobErrorCode,
     message: str,
 ) -> None:
-    fail_job(runtime, record, code, message, attempt=attempt)
-    state.leases.release(record.id)
+    """Fail a claimed job (refunded); if even that cannot be recorded (Redis is away), the
+    lease lapses and the beat hands the job to a worker again."""
+    job.settled = True
+    try:
+        fail_job(runtime, job.record, code, message, attempt=job.attempt)
+    except Exception:
+        log.exception("could not record the failure of %s; its lease will lapse", job.record.id)
+    finally:
+        state.leases.release(job.record.id)
 
 
-def _claim_all(runtime: Runtime, state: _Worker, job_ids: Sequence[str]) -> list[_Claimed]:
+def _claim_all(
+    runtime: Runtime, state: _Worker, job_ids: Sequence[str], claimed: list[_Claimed]
+) -> None:
+    """Claim what can be claimed, into ``claimed`` as it goes (so that a failure half-way
+    still knows which jobs this worker holds)."""
     lease_ms = runtime.settings.lease_seconds * 1000
-    claimed = []
     for job_id in dict.fromkeys(job_ids):  # a job queued twice runs once
         claim = runtime.jobs.claim(job_id, lease_ms=lease_ms)
         if claim.outcome != "claimed":
             continue  # busy: its worker is on it; terminal or gone: nothing to do
+        state.leases.hold(job_id, claim.attempt)
         record = runtime.jobs.get(job_id)
         if record is None or record.width is None or record.height is None:
+            state.leases.release(job_id)
             continue
-        state.leases.hold(job_id, claim.attempt)
+        job = _Claimed(record, claim.attempt)
+        claimed.append(job)
         waited = (runtime.jobs.now_ms() - record.created_ms) / 1000
         metrics.QUEUE_WAIT.labels(size_class(record.width, record.height)).observe(waited)
         try:
-            request = _request_for(runtime, record)
+            job.request = _request_for(runtime, record)
         except (StorageError, PipelineError) as exc:
             log.exception("could not load the references of %s", job_id)
             _fail(
                 runtime,
                 state,
-                record,
-                claim.attempt,
+                job,
                 JobErrorCode.INTERNAL_ERROR,
                 f"The job's references could not be read ({type(exc).__name__}); the request "
                 "was refunded.",
             )
-            continue
-        claimed.append(_Claimed(record, claim.attempt, request))
-    return claimed
 
 
 def _finish(runtime: Runtime, state: _Worker, job: _Claimed, images: list[Image.Image]) -> None:
@@ -250,8 +296,13 @@ def _finish(runtime: Runtime, state: _Worker, job: _Claimed, images: list[Image.
             # Deleted while we ran: nothing may keep what we just uploaded.
             delete_objects(runtime, job.record)
     except Exception:
-        log.exception(
-            "could not finish %s; its lease will lapse and it will be retried", job.record.id
+        log.exception("could not finish %s", job.record.id)
+        _fail(
+            runtime,
+            state,
+            job,
+            JobErrorCode.INTERNAL_ERROR,
+            "The images could not be stored; the request was refunded.",
         )
     finally:
         state.leases.release(job.record.id)
@@ -260,6 +311,7 @@ def _finish(runtime: Runtime, state: _Worker, job: _Claimed, images: list[Image.
 
 def _run_pass(runtime: Runtime, state: _Worker, generator: Generator, jobs: list[_Claimed]) -> None:
     requests = [job.request for job in jobs]
+    assert all(request is not None for request in requests), "unsettled jobs have requests"
     images = sum(len(request.seeds) for request in requests)
     biggest = max(requests, key=lambda request: request.width * request.height)
     klass = size_class(biggest.width, biggest.height)
@@ -268,7 +320,10 @@ def _run_pass(runtime: Runtime, state: _Worker, generator: Generator, jobs: list
     started = time.monotonic()
     try:
         outcomes = generator.generate_batch(
-            requests, on_step=lambda _, seconds: metrics.DENOISE_STEP.observe(seconds)
+            requests,
+            on_step=lambda _, seconds: metrics.DENOISE_STEP.observe(seconds),
+            # Cancelled, deleted or taken over: the job's rows leave at the next step.
+            cancelled=state.leases.lost,
         )
     finally:
         state.last_pass_end = time.monotonic()
@@ -276,58 +331,84 @@ def _run_pass(runtime: Runtime, state: _Worker, generator: Generator, jobs: list
     metrics.BATCH_JOBS.observe(len(jobs))
     metrics.BATCH_IMAGES.observe(images)
     for job, outcome in zip(jobs, outcomes, strict=True):
-        if isinstance(outcome, InvalidInput):
-            _fail(
-                runtime, state, job.record, job.attempt, JobErrorCode.VALIDATION_ERROR, str(outcome)
-            )
+        if isinstance(outcome, RequestCancelled):
+            # Whoever took the job from us (a cancel, a delete, the reaper or another
+            # worker) has recorded its outcome.
+            metrics.JOBS_STOPPED.inc()
+            job.settled = True
+            state.leases.release(job.record.id)
+        elif isinstance(outcome, InvalidInput):
+            _fail(runtime, state, job, JobErrorCode.VALIDATION_ERROR, str(outcome))
         elif isinstance(outcome, PipelineError):
             _fail(
                 runtime,
                 state,
-                job.record,
-                job.attempt,
+                job,
                 JobErrorCode.PROVIDER_ERROR,
                 f"The model could not generate the images ({outcome}); the request was refunded.",
             )
         else:
             metrics.IMAGES_GENERATED.inc(len(outcome))
             state.backlog.acquire()
+            job.settled = True
             state.uploads.submit(_finish, runtime, state, job, outcome)
 
 
 def run_batch(runtime: Runtime, job_ids: Sequence[str]) -> None:
-    """Run the jobs of one batch; every job ends recorded, whatever happens to the others."""
+    """Run the jobs of one batch; every job ends recorded, whatever happens to the others.
+    An exception anywhere (a bug, a model that will not load, a dead GPU) fails the jobs
+    this worker claimed and had not settled yet, with ``internal_error`` and a refund."""
     state = _state(runtime)
-    claimed = _claim_all(runtime, state, job_ids)
-    by_model: dict[str, list[_Claimed]] = {}
-    for job in claimed:
-        by_model.setdefault(job.record.model, []).append(job)
-    for model, jobs in by_model.items():
+    claimed: list[_Claimed] = []
+    try:
+        _claim_all(runtime, state, job_ids, claimed)
+        by_model: dict[str, list[_Claimed]] = {}
+        for job in claimed:
+            if not job.settled:
+                by_model.setdefault(job.record.model, []).append(job)
+        for model, jobs in by_model.items():
+            _run_model(runtime, state, model, jobs)
+    except Exception:
+        log.exception("a batch of %d jobs failed", len(claimed))
+        for job in claimed:
+            if not job.settled:
+                _fail(
+                    runtime,
+                    state,
+                    job,
+                    JobErrorCode.INTERNAL_ERROR,
+                    "The worker failed while generating; the request was refunded.",
+                )
+
+
+def _run_model(runtime: Runtime, state: _Worker, model: str, jobs: list[_Claimed]) -> None:
+    try:
+        generator = generator_for(runtime, model)
+    except Exception as exc:
+        log.exception("could not load %s", model)
+        reason = str(exc) if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {exc}"
+        for job in jobs:
+            message = f"The model could not be loaded ({reason}); the request was refunded."
+            _fail(runtime, state, job, JobErrorCode.PROVIDER_ERROR, message)
+        return
+    passes = plan_batches(
+        jobs,
+        bucket_of=lambda job: generator.bucket(job.request),
+        images_of=lambda job: len(job.request.seeds),
+        pixel_budget=_pixel_budget(runtime, generator),
+    )
+    for members in passes:
         try:
-            generator = generator_for(runtime, model)
-        except PipelineError as exc:
-            for job in jobs:
-                message = f"{exc} The request was refunded."
-                _fail(runtime, state, job.record, job.attempt, JobErrorCode.PROVIDER_ERROR, message)
-            continue
-        passes = plan_batches(
-            jobs,
-            bucket_of=lambda job, g=generator: g.bucket(job.request),
-            images_of=lambda job: len(job.request.seeds),
-            pixel_budget=_pixel_budget(runtime, generator),
-        )
-        for members in passes:
-            try:
-                _run_pass(runtime, state, generator, members)
-            except Exception:
-                # generate_batch isolates request failures; this is a bug or a dead GPU.
-                log.exception("a pass of %d jobs failed", len(members))
-                for job in members:
+            _run_pass(runtime, state, generator, members)
+        except Exception:
+            # generate_batch isolates request failures; this is a bug or a dead GPU.
+            log.exception("a pass of %d jobs failed", len(members))
+            for job in members:
+                if not job.settled:
                     _fail(
                         runtime,
                         state,
-                        job.record,
-                        job.attempt,
+                        job,
                         JobErrorCode.INTERNAL_ERROR,
                         "The worker failed while generating; the request was refunded.",
                     )

@@ -90,11 +90,13 @@ class JobStore:
         *,
         deadline_ms: int,
         purge_ms: int,
+        dispatch_at_ms: int,
         idempotency_digest: str | None,
         fingerprint: str | None,
         idempotency_ttl: int,
     ) -> tuple[str, bool]:
-        """Debit the account and store the queued record, atomically.
+        """Debit the account and store the queued record, atomically; the job enters the
+        outbox due at ``dispatch_at_ms`` (see :meth:`mark_sent`).
 
         Returns ``(job_id, replayed)``: with an Idempotency-Key seen before for the same
         request, the earlier job's id and True, and nothing is debited.
@@ -110,6 +112,7 @@ class JobStore:
                 keys.ACTIVE,
                 keys.PURGE,
                 keys.usage(record.account, record.email),
+                keys.DISPATCH,
             ],
             args=[
                 record.id,
@@ -119,6 +122,7 @@ class JobStore:
                 record.created_ms,
                 deadline_ms,
                 purge_ms,
+                dispatch_at_ms,
                 *_flatten(record.initial_hash()),
             ],
         )
@@ -205,12 +209,23 @@ class JobStore:
         """(Re)schedule a member at a time."""
         self._redis.zadd(zset, {job_id: at_ms})
 
+    # -- dispatch --------------------------------------------------------------------
+
+    def mark_sent(self, job_id: str, *, resend_at_ms: int) -> None:
+        """A message for the job is in the broker: the outbox waits until ``resend_at_ms``
+        for a worker to claim it. A job claimed meanwhile has left the outbox and stays out."""
+        self._redis.zadd(keys.DISPATCH, {job_id: resend_at_ms}, xx=True)
+
+    def count_dispatch(self, job_id: str) -> int:
+        """Count one more sending of a job by the outbox; returns how many there were."""
+        return int(self._redis.hincrby(keys.job(job_id), "dispatches", 1))
+
     # -- worker side -----------------------------------------------------------------
 
     def claim(self, job_id: str, *, lease_ms: int) -> Claim:
         """Claim a job for processing; see :class:`Claim`."""
         outcome, detail = self._scripts.claim(
-            keys=[keys.job(job_id), keys.LEASES],
+            keys=[keys.job(job_id), keys.LEASES, keys.DISPATCH],
             args=[self.now_ms(), lease_ms, _allowed_sources(JobStatus.PROCESSING, None), job_id],
         )
         if outcome == "claimed":
@@ -227,6 +242,20 @@ class JobStore:
                 args=[attempt, self.now_ms() + lease_ms, job_id],
             )
         )
+
+    def not_owned(self, held: dict[str, int]) -> set[str]:
+        """Of the jobs ``held`` (id -> the attempt this worker claimed), those it no longer
+        owns: cancelled, failed, deleted, or taken over under a newer attempt. One round
+        trip for all of them."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in held:
+            pipe.hmget(keys.job(job_id), "status", "attempt")
+        replies = pipe.execute()
+        return {
+            job_id
+            for (job_id, attempt), (status, stored) in zip(held.items(), replies, strict=True)
+            if status != JobStatus.PROCESSING.value or stored != str(attempt)
+        }
 
     def update_queued(self, job_id: str, fields: dict[str, str]) -> bool:
         """Set fields on a job that is still queued (prepare-stage results)."""
@@ -267,18 +296,19 @@ class JobStore:
         *,
         attempt: int | None = None,
         only: Sequence[JobStatus] | None = None,
+        cost: int = 0,
         webhook_at_ms: int | None,
     ) -> Finish:
-        """-> failed with ``{code, message}`` and a refund of everything still charged.
-        ``attempt`` restricts the change to the worker that owns the job; ``only``
-        restricts the source states (cancel takes queued jobs only)."""
+        """-> failed with ``{code, message}``, refunding everything charged beyond ``cost``
+        (0 but for a job cancelled after a worker claimed it). ``attempt`` restricts the
+        change to the worker that owns the job; ``only`` restricts the source states."""
         error = json.dumps({"code": code.value, "message": message})
         return self._finish(
             record,
             target=JobStatus.FAILED,
             only=only,
             attempt=attempt,
-            cost=0,
+            cost=cost,
             delivered=0,
             webhook_at_ms=webhook_at_ms,
             policy_violation=code is JobErrorCode.CONTENT_POLICY,
@@ -306,6 +336,7 @@ class JobStore:
                 keys.usage(record.account, record.email),
                 keys.WEBHOOKS_DUE,
                 keys.LEASES,
+                keys.DISPATCH,
             ],
             args=[
                 _allowed_sources(target, only),
@@ -331,7 +362,7 @@ class JobStore:
 
     def delete(self, record: JobRecord) -> int:
         """Delete the record and its index entries; returns the refund (non-zero only for a
-        job that was not terminal yet)."""
+        job still queued: once a worker claimed it, it is charged)."""
         outcome, detail = self._scripts.delete(
             keys=[
                 keys.job(record.id),
@@ -343,8 +374,9 @@ class JobStore:
                 keys.usage(record.account, record.email),
                 keys.WEBHOOKS_DUE,
                 keys.LEASES,
+                keys.DISPATCH,
             ],
-            args=[record.id, _joined(ACTIVE_STATUSES)],
+            args=[record.id, JobStatus.QUEUED.value],
         )
         return int(detail) if outcome == "deleted" else 0
 

@@ -20,6 +20,7 @@ __all__ = [
     "PURGE",
     "WEBHOOKS_DUE",
     "LEASES",
+    "DISPATCH",
 ]
 
 _P = "xsd:"
@@ -33,6 +34,10 @@ WEBHOOKS_DUE = _P + "webhooks:due"
 # Processing jobs scored by the end of their worker's lease (ms): the tick re-dispatches
 # jobs whose worker stopped renewing (it died), whatever became of their broker message.
 LEASES = _P + "leases"
+# The outbox: queued jobs no worker has claimed yet, scored by the time (ms) at which the
+# tick sends them again. Whatever became of their message (an API killed before it sent
+# it, a message lost with a broker restart), an accepted job reaches a worker.
+DISPATCH = _P + "dispatch"
 
 
 def account(name: str) -> str:

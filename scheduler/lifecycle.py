@@ -49,14 +49,17 @@ def fail_job(
     *,
     attempt: int | None = None,
     only: Sequence[JobStatus] | None = None,
+    cost: int = 0,
 ) -> Finish:
-    """Fail a job (refunding it) and schedule its webhook."""
+    """Fail a job (refunding all it was charged beyond ``cost``) and schedule its
+    webhook."""
     finish = runtime.jobs.fail(
         record,
         code,
         message,
         attempt=attempt,
         only=only,
+        cost=cost,
         webhook_at_ms=runtime.jobs.now_ms() + WEBHOOK_GRACE_MS,
     )
     if finish.ok:

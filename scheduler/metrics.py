@@ -23,6 +23,7 @@ __all__ = [
     "BATCH_JOBS",
     "BATCH_IMAGES",
     "IMAGES_GENERATED",
+    "JOBS_STOPPED",
     "DENOISE_STEP",
     "STORAGE_UPLOAD",
     "STORAGE_FAILURES",
@@ -67,6 +68,10 @@ END_TO_END = Histogram(
 BATCH_JOBS = Histogram("xsd_batch_jobs", "Jobs per GPU batch", buckets=_COUNT_BUCKETS)
 BATCH_IMAGES = Histogram("xsd_batch_images", "Images per GPU batch", buckets=_COUNT_BUCKETS)
 IMAGES_GENERATED = Counter("xsd_images_generated", "Images produced by the pipeline")
+JOBS_STOPPED = Counter(
+    "xsd_jobs_stopped",
+    "Jobs a GPU worker stopped mid-batch: cancelled, deleted or taken over by another worker",
+)
 DENOISE_STEP = Histogram(
     "xsd_denoise_step_seconds",
     "Time of one denoising step of a batch",

@@ -57,10 +57,27 @@ def _load_reference(runtime: Runtime, index: int, url: str) -> Image.Image:
 
 
 def prepare(runtime: Runtime, job_id: str) -> None:
-    """Prepare one job and hand it to its GPU queue."""
+    """Prepare one job and hand it to its GPU queue. An unexpected exception fails the job
+    with ``internal_error`` and a refund rather than leaving it queued; if even that cannot
+    be recorded (Redis is away), the outbox sends the job again later."""
     record = runtime.jobs.get(job_id)
     if record is None or record.status is not JobStatus.QUEUED:
         return
+    try:
+        _prepare(runtime, record)
+    except Exception:
+        log.exception("preparing %s failed", job_id)
+        fail_job(
+            runtime,
+            record,
+            JobErrorCode.INTERNAL_ERROR,
+            "The request could not be prepared; it was refunded.",
+            only=(JobStatus.QUEUED,),
+        )
+
+
+def _prepare(runtime: Runtime, record: JobRecord) -> None:
+    job_id = record.id
     verdict = runtime.moderator.check(record.prompt)
     if not verdict.allowed:
         fail_job(
@@ -94,6 +111,7 @@ def prepare(runtime: Runtime, job_id: str) -> None:
         "width": str(width),
         "height": str(height),
         "input": json.dumps(updated, separators=(",", ":")),
+        "prepared_ms": str(runtime.jobs.now_ms()),
     }
     if not runtime.jobs.update_queued(job_id, fields):
         # Cancelled or deleted while we fetched: nothing will use the references.

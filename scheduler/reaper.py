@@ -1,7 +1,10 @@
-"""The beat's periodic tick: fail overdue jobs, dispatch due webhooks, purge old records.
+"""The beat's periodic tick: fail overdue jobs, send again the jobs no worker has claimed
+or whose worker died, dispatch due webhooks, purge old records.
 
 Each step claims its items with an atomic removal or a state-checked script, so several
-beat processes (or a beat restarted mid-tick) never act on one item twice.
+beat processes (or a beat restarted mid-tick) never act on one item twice. A step that
+raises (Redis blinked, an object store is down) is logged and the others still run; the
+next tick retries.
 """
 
 from __future__ import annotations
@@ -11,14 +14,22 @@ import logging
 from storage import StorageError
 
 from . import keys
-from .celery_app import gpu_queue, send_generate, send_webhook
+from .celery_app import gpu_queue, send_generate, send_prepare, send_webhook
 from .jobs import ACTIVE_STATUSES
 from .lifecycle import delete_job, fail_job
+from .records import JobRecord
 from .runtime import Runtime
 from .sizes import size_class
 from .states import JobErrorCode, JobStatus
 
-__all__ = ["tick", "reap_overdue", "redispatch_stale", "dispatch_webhooks", "purge_expired"]
+__all__ = [
+    "tick",
+    "reap_overdue",
+    "redispatch_unclaimed",
+    "redispatch_stale",
+    "dispatch_webhooks",
+    "purge_expired",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,36 @@ def reap_overdue(runtime: Runtime, now_ms: int) -> int:
     return count
 
 
+def _send_generate(record: JobRecord) -> None:
+    assert record.width is not None and record.height is not None
+    send_generate(record.id, gpu_queue(record.model, size_class(record.width, record.height)))
+
+
+def redispatch_unclaimed(runtime: Runtime, now_ms: int) -> int:
+    """Send again the queued jobs in the outbox whose time has come: their first message
+    was never sent (the API died after the debit) or was lost (a broker restart), or no
+    worker took it in ``XSD_DISPATCH_RETRY_SECONDS``. Each one goes to the stage it is at
+    (prepare, or its GPU queue) and waits twice as long before the next sending; a
+    duplicate message is harmless, since claims are idempotent."""
+    count = 0
+    retry_ms = runtime.settings.dispatch_retry_seconds * 1000
+    for job_id in runtime.jobs.due(keys.DISPATCH, now_ms=now_ms):
+        if not runtime.jobs.take_due(keys.DISPATCH, job_id):
+            continue  # another beat took it
+        record = runtime.jobs.get(job_id)
+        if record is None or record.status is not JobStatus.QUEUED:
+            continue
+        sends = runtime.jobs.count_dispatch(job_id)
+        runtime.jobs.schedule(keys.DISPATCH, job_id, now_ms + int(retry_ms * 2**sends))
+        if record.prepared_ms is None:
+            send_prepare(job_id)
+        else:
+            _send_generate(record)
+        log.warning("sent %s again: no worker had claimed it (sending %d)", job_id, sends)
+        count += 1
+    return count
+
+
 def redispatch_stale(runtime: Runtime, now_ms: int) -> int:
     """Queue again the processing jobs whose worker stopped renewing its lease (it died
     or hung): a live worker will take them over under a new attempt number. Each stale
@@ -53,9 +94,8 @@ def redispatch_stale(runtime: Runtime, now_ms: int) -> int:
         if record is None or record.status is not JobStatus.PROCESSING or not record.width:
             runtime.jobs.take_due(keys.LEASES, job_id)
             continue
-        assert record.height is not None
         runtime.jobs.schedule(keys.LEASES, job_id, now_ms + lease_ms)
-        send_generate(job_id, gpu_queue(record.model, size_class(record.width, record.height)))
+        _send_generate(record)
         log.warning("re-dispatched %s: its worker's lease ran out", job_id)
         count += 1
     return count
@@ -87,15 +127,25 @@ def purge_expired(runtime: Runtime, now_ms: int) -> int:
     return count
 
 
+_DUTIES = {
+    "reaped": reap_overdue,
+    "unclaimed": redispatch_unclaimed,
+    "redispatched": redispatch_stale,
+    "webhooks": dispatch_webhooks,
+    "purged": purge_expired,
+}
+
+
 def tick(runtime: Runtime) -> dict[str, int]:
-    """One pass of every periodic duty."""
+    """One pass of every periodic duty; a duty that fails counts -1 and the others run."""
     now_ms = runtime.jobs.now_ms()
-    done = {
-        "reaped": reap_overdue(runtime, now_ms),
-        "redispatched": redispatch_stale(runtime, now_ms),
-        "webhooks": dispatch_webhooks(runtime, now_ms),
-        "purged": purge_expired(runtime, now_ms),
-    }
+    done: dict[str, int] = {}
+    for name, duty in _DUTIES.items():
+        try:
+            done[name] = duty(runtime, now_ms)
+        except Exception:
+            log.exception("the tick's %s step failed; the next tick retries", name)
+            done[name] = -1
     if any(done.values()):
         log.info("tick: %s", done)
     return done

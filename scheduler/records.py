@@ -108,6 +108,10 @@ class JobRecord:
     cost: int = 0
     attempt: int = 0
     lease_until_ms: int = 0
+    # Set once the prepare stage has checked the prompt and stored the references.
+    prepared_ms: int | None = None
+    # How many times the outbox sent the job again because no worker had claimed it.
+    dispatches: int = 0
     finished_ms: int | None = None
     images: tuple[ImageResult, ...] = ()
     reference_keys: tuple[str, ...] = ()
@@ -144,6 +148,8 @@ class JobRecord:
             cost=int(data.get("cost") or 0),
             attempt=int(data.get("attempt") or 0),
             lease_until_ms=int(data.get("lease_until_ms") or 0),
+            prepared_ms=opt_int("prepared_ms"),
+            dispatches=int(data.get("dispatches") or 0),
             finished_ms=opt_int("finished_ms"),
             images=images,
             reference_keys=tuple(json.loads(data.get("reference_keys") or "[]")),

@@ -108,23 +108,14 @@ class Service:
             record,
             deadline_ms=now + settings.job_timeout_seconds * 1000,
             purge_ms=now + settings.record_retention_seconds * 1000,
+            dispatch_at_ms=now + int(settings.dispatch_grace_seconds * 1000),
             idempotency_digest=digest,
             fingerprint=job.fingerprint(),
             idempotency_ttl=settings.idempotency_ttl_seconds,
         )
         if not replayed:
             metrics.XTOKENS_DEBITED.inc(job.cost)
-            try:
-                send_prepare(job_id)
-            except Exception:
-                log.exception("could not queue %s", job_id)
-                fail_job(
-                    self.runtime,
-                    record,
-                    JobErrorCode.INTERNAL_ERROR,
-                    "The request could not be queued; it was refunded.",
-                )
-                raise
+            self._dispatch(job_id, now)
         stored = jobs.get(job_id)
         if stored is None:
             raise Conflict(
@@ -132,6 +123,17 @@ class Service:
                 param="Idempotency-Key",
             )
         return self._view(stored), replayed
+
+    def _dispatch(self, job_id: str, now_ms: int) -> None:
+        """Hand an accepted job to the broker. The job is in the outbox already: if this
+        fails (or the process dies first) the beat's tick sends it once the grace is over,
+        so the client still gets its 202 and the job still runs."""
+        retry_ms = int(self.runtime.settings.dispatch_retry_seconds * 1000)
+        try:
+            send_prepare(job_id)
+            self.runtime.jobs.mark_sent(job_id, resend_at_ms=now_ms + retry_ms)
+        except Exception as exc:
+            log.warning("could not queue %s now (%r); the outbox will", job_id, exc)
 
     def get(self, principal: Principal, job_id: str) -> dict[str, Any]:
         """One generation's public record."""
@@ -148,25 +150,44 @@ class Service:
         return {"data": [self._view(r) for r in records], "nextCursor": next_cursor}
 
     def cancel(self, principal: Principal, job_id: str) -> dict[str, Any]:
-        """Cancel a queued generation (refunded in full)."""
+        """Cancel a generation: a queued one is refunded in full; a processing one stops at
+        its worker's next denoising step and stays charged, since a worker claimed it."""
         record = self.runtime.jobs.get_owned(principal.account, job_id)
-        finish = fail_job(
-            self.runtime,
-            record,
-            JobErrorCode.CANCELLED,
-            "Cancelled by the client before processing started; the request was refunded.",
-            only=(JobStatus.QUEUED,),
+        # A queued job may be claimed while we cancel it; statuses only move forward, so
+        # the second look sees it processing or terminal.
+        for _ in range(2):
+            if record.status is JobStatus.QUEUED:
+                finish = fail_job(
+                    self.runtime,
+                    record,
+                    JobErrorCode.CANCELLED,
+                    "Cancelled by the client before a worker took it; the request was refunded.",
+                    only=(JobStatus.QUEUED,),
+                )
+            elif record.status is JobStatus.PROCESSING:
+                finish = fail_job(
+                    self.runtime,
+                    record,
+                    JobErrorCode.CANCELLED,
+                    "Cancelled by the client while it was generated; its work stopped and, "
+                    f"since a worker had claimed it, its {record.charged} xTokens are charged.",
+                    only=(JobStatus.PROCESSING,),
+                    cost=record.charged,
+                )
+            else:
+                break
+            if finish.ok:
+                return self.get(principal, job_id)
+            record = self.runtime.jobs.get_owned(principal.account, job_id)
+        raise Conflict(
+            f"{job_id} is already {record.status.value}; only queued or processing "
+            "generations can be cancelled.",
+            param="id",
         )
-        if not finish.ok:
-            current = self.runtime.jobs.get_owned(principal.account, job_id)
-            raise Conflict(
-                f"Only queued generations can be cancelled; {job_id} is {current.status.value}.",
-                param="id",
-            )
-        return self.get(principal, job_id)
 
     def delete(self, principal: Principal, job_id: str) -> dict[str, Any]:
-        """Delete a generation's record and images (a running one is refunded)."""
+        """Delete a generation's record and images. A queued one is refunded; a processing
+        one stops at its worker's next denoising step and stays charged."""
         record = self.runtime.jobs.get_owned(principal.account, job_id)
         refund = delete_job(self.runtime, record)
         return {"requestId": job_id, "deleted": True, "refundedXTokens": refund}

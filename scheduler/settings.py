@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(
         60, gt=0, description="How long a worker's claim on a job lives without a heartbeat."
     )
+    watch_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="How often a GPU worker checks that it still owns the jobs it runs (not "
+        "cancelled, deleted or taken over); one it lost leaves its batch at the next step.",
+    )
     idempotency_ttl_seconds: int = Field(86400, gt=0)
 
     rate_limit_per_minute: int = Field(500, gt=0, description="POST /v1/generations per key.")
@@ -106,6 +112,18 @@ class Settings(BaseSettings):
     )
 
     tick_seconds: float = Field(5.0, gt=0, description="Period of the beat's reaper tick.")
+    dispatch_grace_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="How long after POST a job may stay unsent before the tick sends it (the "
+        "API died between the debit and the enqueue).",
+    )
+    dispatch_retry_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A sent job no worker has claimed this long is sent again, then after "
+        "twice as long, and so on until it is claimed or its deadline passes.",
+    )
     broker_visibility_timeout: int = Field(
         900, gt=0, description="Seconds before an unacked Celery message is redelivered."
     )

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from celery.signals import worker_ready
 
 from . import health, metrics
 from .celery_app import CPU_QUEUE, app, gpu_queues
-from .runtime import Runtime, current, init
+from .runtime import Runtime, init
 from .settings import Settings
 
-__all__ = ["expand_queues", "run_worker", "run_beat", "drain"]
+__all__ = ["EXIT_MODEL_UNAVAILABLE", "expand_queues", "run_worker", "run_beat", "drain"]
 
 log = logging.getLogger(__name__)
+
+# Exit status of a GPU worker whose model cannot be loaded (EX_CONFIG): it exits before
+# consuming anything, so its queue's jobs wait for a worker that can run them.
+EXIT_MODEL_UNAVAILABLE = 78
 
 
 def expand_queues(spec: str, models: list[str]) -> list[str]:
@@ -28,13 +33,25 @@ def expand_queues(spec: str, models: list[str]) -> list[str]:
 
 
 def _preload(runtime: Runtime, queues: list[str]) -> None:
-    # Load models before taking work, so the first job does not pay for it and a broken
-    # model fails the worker at start instead of failing jobs.
+    """Load the models of these queues before consuming anything, so the first job does not
+    pay for it and a model that cannot load (missing weights, a missing package) stops the
+    worker with :data:`EXIT_MODEL_UNAVAILABLE` instead of holding jobs it cannot run."""
     from .execution import generator_for
 
     for alias in runtime.registry.aliases():
-        if any(q in queues for q in gpu_queues([alias])):
+        if not any(q in queues for q in gpu_queues([alias])):
+            continue
+        try:
             generator_for(runtime, alias)
+        except Exception as exc:
+            log.critical("cannot load the model %s", alias, exc_info=True)
+            print(
+                f"xsd worker: the model {alias} could not be loaded ({type(exc).__name__}: "
+                f"{exc}); exiting before taking any job.",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(EXIT_MODEL_UNAVAILABLE) from exc
 
 
 def run_worker(
@@ -56,6 +73,7 @@ def run_worker(
     argv = ["worker", "--queues", ",".join(names), "--pool", pool, "--loglevel", "INFO"]
     argv += ["--without-gossip", "--without-mingle"]
     if gpu:
+        _preload(runtime, names)
         from .tasks import configure_batching
 
         configure_batching(
@@ -70,8 +88,6 @@ def run_worker(
 
     @worker_ready.connect(weak=False)
     def _ready(**_: object) -> None:
-        if gpu:
-            _preload(current(), names)
         health.ready.set()
         log.info("worker ready on %s", ", ".join(names))
 

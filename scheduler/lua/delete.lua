@@ -1,7 +1,8 @@
--- Delete a job's record and index entries; a job not yet terminal is refunded first.
+-- Delete a job's record and index entries. A job no worker has claimed yet is refunded
+-- first; one a worker claimed stays charged (its work stops at the next denoising step).
 -- KEYS: 1 job, 2 account, 3 user index, 4 account index, 5 active set, 6 purge set,
---       7 usage hash, 8 webhooks-due set, 9 leases set
--- ARGV: 1 job id, 2 non-terminal statuses (comma separated)
+--       7 usage hash, 8 webhooks-due set, 9 leases set, 10 dispatch outbox
+-- ARGV: 1 job id, 2 refundable statuses (comma separated)
 -- Returns {deleted, refund} | {gone, ''}
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'gone', ''} end
@@ -19,4 +20,5 @@ redis.call('DEL', KEYS[1])
 for i = 3, 6 do redis.call('ZREM', KEYS[i], ARGV[1]) end
 redis.call('ZREM', KEYS[8], ARGV[1])
 redis.call('ZREM', KEYS[9], ARGV[1])
+redis.call('ZREM', KEYS[10], ARGV[1])
 return {'deleted', tostring(refund)}

@@ -1,8 +1,10 @@
 -- Finish a job: move it to a terminal status and refund what was not delivered, once.
--- Success refunds the images that were not stored; failure refunds everything left.
--- KEYS: 1 job, 2 account, 3 active set, 4 usage hash, 5 webhooks-due set, 6 leases set
+-- Everything charged beyond the net cost is refunded: a success costs its stored images,
+-- a failure nothing, except a job cancelled after a worker claimed it, which costs it all.
+-- KEYS: 1 job, 2 account, 3 active set, 4 usage hash, 5 webhooks-due set, 6 leases set,
+--       7 dispatch outbox
 -- ARGV: 1 allowed source statuses (comma separated), 2 expected attempt ('' = any),
---       3 now (ms), 4 target status, 5 net cost in xTokens (ignored on failure),
+--       3 now (ms), 4 target status, 5 net cost in xTokens,
 --       6 delivered images, 7 webhook first-attempt time (ms, '' = no webhook),
 --       8 policy violation (0/1), 9.. field/value pairs to set
 -- Returns {ok, refund} | {stale, status} | {gone, ''}
@@ -16,8 +18,7 @@ if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then
 end
 local charged = tonumber(redis.call('HGET', KEYS[1], 'charged'))
 local refunded = tonumber(redis.call('HGET', KEYS[1], 'refunded') or '0')
-local cost = 0
-if ARGV[4] == 'succeeded' then cost = tonumber(ARGV[5]) end
+local cost = tonumber(ARGV[5])
 local refund = charged - refunded - cost
 if refund < 0 then refund = 0 end
 if refund > 0 then
@@ -30,6 +31,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_ms', ARGV[3], 'cost', c
 local id = redis.call('HGET', KEYS[1], 'id')
 redis.call('ZREM', KEYS[3], id)
 redis.call('ZREM', KEYS[6], id)
+redis.call('ZREM', KEYS[7], id)
 redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
 redis.call('HINCRBY', KEYS[4], 'images', tonumber(ARGV[6]))
 redis.call('HINCRBY', KEYS[4], 'policy_violations', tonumber(ARGV[8]))

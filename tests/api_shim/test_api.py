@@ -123,15 +123,29 @@ def test_cancel_refunds_once(api: Api) -> None:
     assert api.balance(key) == 1000
 
 
-def test_cancel_refused_once_processing(api: Api) -> None:
+def test_cancelling_a_processing_job_stops_it_and_keeps_the_charge(api: Api) -> None:
     key = api.new_key()
     request_id = api.post(key, VALID).json()["requestId"]
     assert api.runtime.jobs.claim(request_id, lease_ms=60_000).outcome == "claimed"
     with api.http(key) as client:
         response = client.post(f"/v1/generations/{request_id}/cancel")
-        assert response.status_code == 409 and "processing" in response.json()["error"]["message"]
-        assert client.get(f"/v1/generations/{request_id}").json()["status"] == "processing"
-    assert api.balance(key) == 990
+        assert response.status_code == 200, response.text
+        record = response.json()
+        assert record["status"] == "failed" and record["error"]["code"] == "cancelled"
+        assert "charged" in record["error"]["message"]
+        again = client.post(f"/v1/generations/{request_id}/cancel")
+        assert again.status_code == 409 and "already failed" in again.json()["error"]["message"]
+    assert api.balance(key) == 990, "a worker had claimed it: no refund"
+
+
+def test_deleting_a_processing_job_keeps_the_charge(api: Api) -> None:
+    key = api.new_key()
+    request_id = api.post(key, dict(VALID, n=2)).json()["requestId"]
+    assert api.runtime.jobs.claim(request_id, lease_ms=60_000).outcome == "claimed"
+    with api.http(key) as client:
+        deleted = client.delete(f"/v1/generations/{request_id}").json()
+    assert deleted == {"requestId": request_id, "deleted": True, "refundedXTokens": 0}
+    assert api.balance(key) == 980
 
 
 def test_delete_and_erase(api: Api) -> None:

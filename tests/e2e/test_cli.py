@@ -141,3 +141,32 @@ def test_demo(env: dict[str, str], tmp_path: Path) -> None:
     assert path.parent == tmp_path / "demo"
     assert Image.open(path).size == (2048, 2048)
     assert processes_of(Path(env["XSD_DATA_DIR"])) == []
+
+
+def test_a_gpu_worker_whose_model_cannot_load_exits_before_taking_jobs(
+    env: dict[str, str], tmp_path: Path, redis_url: str
+) -> None:
+    """A worker that cannot run its queue's jobs must not hold them: it exits non-zero,
+    saying why, and the waiting message stays in the queue for a worker that can."""
+    import redis
+
+    from scheduler.celery_app import gpu_queue
+    from scheduler.worker import EXIT_MODEL_UNAVAILABLE
+
+    client = redis.Redis.from_url(redis_url)
+    queue = gpu_queue("xSD4.5", "2k")
+    client.lpush(queue, b'{"body": "a message nobody may take"}')
+    broken = {**env, "XSD_REDIS_URL": redis_url, "XSD_MODEL_PATH": str(tmp_path / "no-weights")}
+    result = xsd("worker", "--queues", "gpu", env=broken, timeout=120)
+    assert result.returncode == EXIT_MODEL_UNAVAILABLE, result.stderr[-3000:]
+    assert "the model xSD4.5 could not be loaded" in result.stderr
+    assert "model_index.json" in result.stderr, "the reason is named"
+    assert client.llen(queue) == 1, "nothing was consumed"
+
+
+def test_up_says_why_a_worker_could_not_start(env: dict[str, str], tmp_path: Path) -> None:
+    broken = {**env, "XSD_MODEL_PATH": str(tmp_path / "no-weights")}
+    result = xsd("up", "--port", str(free_port()), env=broken, timeout=180)
+    assert result.returncode != 0
+    assert "gpu-worker exited with status 78" in result.stderr, result.stderr[-3000:]
+    assert processes_of(Path(env["XSD_DATA_DIR"])) == []

@@ -41,14 +41,17 @@ def accept(
     *,
     deadline_ms: int | None = None,
     purge_ms: int | None = None,
+    dispatch_at_ms: int | None = None,
     key: str | None = None,
     fingerprint: str = "fp",
 ) -> tuple[str, bool]:
-    """Store ``record`` as POST would (defaults: deadline in a minute, purge in an hour)."""
+    """Store ``record`` as POST would (defaults: deadline in a minute, purge in an hour,
+    sent again by the outbox in ten seconds)."""
     return jobs.accept(
         record,
         deadline_ms=record.created_ms + 60_000 if deadline_ms is None else deadline_ms,
         purge_ms=record.created_ms + 3_600_000 if purge_ms is None else purge_ms,
+        dispatch_at_ms=record.created_ms + 10_000 if dispatch_at_ms is None else dispatch_at_ms,
         idempotency_digest=key,
         fingerprint=fingerprint,
         idempotency_ttl=86400,

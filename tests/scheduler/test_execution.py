@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,13 @@ from .factories import job_record
 @pytest.fixture
 def runtime(redis_url: str, tmp_path: Path) -> Runtime:
     rt = init(
-        Settings(data_dir=tmp_path, redis_url=redis_url, api_key_pepper="p", url_signing_key="k")
+        Settings(
+            data_dir=tmp_path,
+            redis_url=redis_url,
+            api_key_pepper="p",
+            url_signing_key="k",
+            watch_seconds=0.05,
+        )
     )
     rt.accounts.ensure("acme")
     rt.accounts.add_credits("acme", 1000)
@@ -29,7 +36,12 @@ def runtime(redis_url: str, tmp_path: Path) -> Runtime:
 
 
 def accept(
-    rt: Runtime, index: int, *, images: int = 1, reference_keys: tuple[str, ...] = ()
+    rt: Runtime,
+    index: int,
+    *,
+    images: int = 1,
+    reference_keys: tuple[str, ...] = (),
+    size: tuple[int, int] = (2048, 2048),
 ) -> str:
     record = job_record(
         id=f"req_exec{index:012d}",
@@ -37,6 +49,8 @@ def accept(
         created_ms=rt.jobs.now_ms(),
         image_count=images,
         seed=index,
+        width=size[0],
+        height=size[1],
         references=("https://cdn.your-product.com/x.png",) if reference_keys else (),
     )
     store(rt.jobs, record, deadline_ms=record.created_ms + 600_000, purge_ms=10**15)
@@ -96,3 +110,89 @@ def test_budget_splits_passes(runtime: Runtime) -> None:
     records = wait_terminal(runtime, jobs)
     assert all(r.status is JobStatus.SUCCEEDED for r in records.values())
     assert sample("xsd_batch_jobs_count") - before == 2
+
+
+def balance(rt: Runtime) -> int:
+    return int(rt.accounts.info("acme")["balance"])
+
+
+def test_a_model_that_cannot_load_fails_and_refunds_its_jobs(runtime: Runtime, monkeypatch) -> None:
+    import scheduler.execution as execution
+
+    def missing(rt: Runtime, alias: str):
+        raise ModuleNotFoundError("No module named 'diffusers'")
+
+    monkeypatch.setattr(execution, "generator_for", missing)
+    jobs = [accept(runtime, 7), accept(runtime, 8, images=2)]
+    run_batch(runtime, jobs)
+    records = wait_terminal(runtime, jobs, timeout=5)
+    for record in records.values():
+        assert record.status is JobStatus.FAILED
+        assert record.error["code"] == "provider_error"  # type: ignore[index]
+        assert "diffusers" in record.error["message"]  # type: ignore[index]
+    assert balance(runtime) == 1000
+
+
+def test_an_unexpected_exception_while_claiming_fails_what_was_claimed(
+    runtime: Runtime, monkeypatch
+) -> None:
+    import scheduler.execution as execution
+
+    def broken(rt: Runtime, record: JobRecord):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(execution, "_request_for", broken)
+    job = accept(runtime, 9)
+    run_batch(runtime, [job])
+    record = wait_terminal(runtime, [job], timeout=5)[job]
+    assert record.status is JobStatus.FAILED and record.error["code"] == "internal_error"  # type: ignore[index]
+    assert balance(runtime) == 1000
+
+
+def test_an_unexpected_exception_while_storing_fails_the_job(runtime: Runtime, monkeypatch) -> None:
+    import scheduler.execution as execution
+
+    def broken(rt: Runtime, record: JobRecord, images):
+        raise RuntimeError("the encoder crashed")
+
+    monkeypatch.setattr(execution, "store_images", broken)
+    job = accept(runtime, 10)
+    run_batch(runtime, [job])
+    record = wait_terminal(runtime, [job])[job]
+    assert record.status is JobStatus.FAILED and record.error["code"] == "internal_error"  # type: ignore[index]
+    assert balance(runtime) == 1000
+
+
+def test_a_job_cancelled_while_it_runs_stops_and_stays_charged(runtime: Runtime) -> None:
+    from scheduler.lifecycle import fail_job
+    from scheduler.states import JobErrorCode
+
+    job = accept(runtime, 11, images=2, size=(4096, 4096))
+    generated, stopped = sample("xsd_images_generated_total"), sample("xsd_jobs_stopped_total")
+
+    def cancel_once_running() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            record = runtime.jobs.get(job)
+            if record is not None and record.status is JobStatus.PROCESSING:
+                fail_job(
+                    runtime,
+                    record,
+                    JobErrorCode.CANCELLED,
+                    "stopped",
+                    only=(JobStatus.PROCESSING,),
+                    cost=record.charged,
+                )
+                return
+            time.sleep(0.01)
+
+    canceller = threading.Thread(target=cancel_once_running)
+    canceller.start()
+    run_batch(runtime, [job])
+    canceller.join()
+    assert sample("xsd_jobs_stopped_total") - stopped == 1
+    assert sample("xsd_images_generated_total") == generated, "no image was finished"
+    record = runtime.jobs.get(job)
+    assert record is not None and record.status is JobStatus.FAILED
+    assert balance(runtime) == 1000 - 20, "a worker had claimed it: charged"
+    assert runtime.store.delete_prefix(f"images/acme/{job}/") == 0, "nothing was stored"

@@ -207,13 +207,19 @@ def test_terminal_transition_schedules_webhook(jobs: JobStore, redis_client: red
     assert redis_client.zscore(keys.WEBHOOKS_DUE, plain.id) is None
 
 
-def test_delete_refunds_unfinished_and_unindexes(jobs: JobStore, redis_client: redis.Redis) -> None:
+def test_delete_refunds_only_unclaimed_jobs_and_unindexes(
+    jobs: JobStore, redis_client: redis.Redis
+) -> None:
+    waiting = make_record(jobs)
+    accept(jobs, waiting)
+    assert jobs.delete(waiting) == 20, "no worker took it: refunded"
+    assert balance(redis_client) == 100
     running = make_record(jobs)
     accept(jobs, running)
     jobs.claim(running.id, lease_ms=1000)
-    assert jobs.delete(running) == 20
+    assert jobs.delete(running) == 0, "a worker claimed it: charged"
     assert jobs.get(running.id) is None
-    assert balance(redis_client) == 100
+    assert balance(redis_client) == 80
     finished = make_record(jobs)
     accept(jobs, finished)
     jobs.fail(finished, JobErrorCode.PROVIDER_ERROR, "x", webhook_at_ms=None)
@@ -222,6 +228,8 @@ def test_delete_refunds_unfinished_and_unindexes(jobs: JobStore, redis_client: r
     for index in (
         keys.ACTIVE,
         keys.PURGE,
+        keys.DISPATCH,
+        keys.LEASES,
         keys.account_jobs(ACCOUNT),
         keys.user_jobs(ACCOUNT, EMAIL),
     ):
@@ -229,6 +237,58 @@ def test_delete_refunds_unfinished_and_unindexes(jobs: JobStore, redis_client: r
     # A worker finishing a deleted job finds it gone and must not resurrect it.
     assert jobs.succeed(running, 1, [], webhook_at_ms=None).outcome == "gone"
     assert jobs.get(running.id) is None
+
+
+def test_cancelling_a_claimed_job_keeps_its_charge(
+    jobs: JobStore, redis_client: redis.Redis
+) -> None:
+    record = make_record(jobs)
+    accept(jobs, record)
+    jobs.claim(record.id, lease_ms=1000)
+    finish = jobs.fail(
+        record,
+        JobErrorCode.CANCELLED,
+        "stopped",
+        only=(JobStatus.PROCESSING,),
+        cost=record.charged,
+        webhook_at_ms=None,
+    )
+    assert (finish.ok, finish.refund) == (True, 0)
+    assert balance(redis_client) == 80
+    stored = jobs.get(record.id)
+    assert stored is not None and stored.status is JobStatus.FAILED and stored.cost == 20
+    assert jobs.usage(ACCOUNT, EMAIL).get("refunded", 0) == 0
+
+
+def test_the_outbox_holds_a_job_until_a_worker_claims_it(
+    jobs: JobStore, redis_client: redis.Redis
+) -> None:
+    record = make_record(jobs)
+    accept(jobs, record, dispatch_at_ms=record.created_ms + 1_000)
+    assert redis_client.zscore(keys.DISPATCH, record.id) == record.created_ms + 1_000
+    jobs.mark_sent(record.id, resend_at_ms=record.created_ms + 300_000)
+    assert redis_client.zscore(keys.DISPATCH, record.id) == record.created_ms + 300_000
+    assert jobs.claim(record.id, lease_ms=1000).outcome == "claimed"
+    assert redis_client.zscore(keys.DISPATCH, record.id) is None
+    jobs.mark_sent(record.id, resend_at_ms=record.created_ms + 600_000)
+    assert redis_client.zscore(keys.DISPATCH, record.id) is None, "a late mark adds nothing"
+    failed = make_record(jobs)
+    accept(jobs, failed)
+    jobs.fail(failed, JobErrorCode.CANCELLED, "x", webhook_at_ms=None)
+    assert redis_client.zscore(keys.DISPATCH, failed.id) is None
+
+
+def test_a_worker_learns_which_held_jobs_it_lost(jobs: JobStore, clock: Clock) -> None:
+    kept, cancelled, taken, deleted = (make_record(jobs) for _ in range(4))
+    held = {}
+    for record in (kept, cancelled, taken, deleted):
+        accept(jobs, record)
+        held[record.id] = jobs.claim(record.id, lease_ms=1000).attempt
+    jobs.fail(cancelled, JobErrorCode.CANCELLED, "x", webhook_at_ms=None)
+    jobs.delete(deleted)
+    clock.now += 2  # the leases lapse
+    assert jobs.claim(taken.id, lease_ms=1000).attempt == 2, "another worker took it over"
+    assert jobs.not_owned(held) == {cancelled.id, taken.id, deleted.id}
 
 
 def test_get_owned_hides_other_accounts(jobs: JobStore) -> None:

@@ -31,13 +31,22 @@ def runtime(redis_url: str, tmp_path: Path) -> Runtime:
     return rt
 
 
-def accept(rt: Runtime, *, deadline_ms: int, purge_ms: int, webhook: bool = False) -> JobRecord:
+def accept(
+    rt: Runtime,
+    *,
+    deadline_ms: int,
+    purge_ms: int,
+    webhook: bool = False,
+    dispatch_at_ms: int | None = None,
+) -> JobRecord:
     record = job_record(
         image_count=3,
         created_ms=rt.jobs.now_ms(),
         webhook_url="https://hooks.your-product.com/x" if webhook else None,
     )
-    store(rt.jobs, record, deadline_ms=deadline_ms, purge_ms=purge_ms)
+    store(
+        rt.jobs, record, deadline_ms=deadline_ms, purge_ms=purge_ms, dispatch_at_ms=dispatch_at_ms
+    )
     return record
 
 
@@ -99,3 +108,52 @@ def test_stale_lease_is_redispatched_once_per_lease(runtime: Runtime) -> None:
     assert tick(runtime)["redispatched"] == 0, "not again within the lease period"
     runtime.jobs.fail(record, JobErrorCode.PROVIDER_ERROR, "x", webhook_at_ms=None)
     assert runtime.redis.zscore(keys.LEASES, record.id) is None, "finishing clears the lease"
+
+
+def test_a_job_the_api_never_sent_is_sent_by_the_outbox(runtime: Runtime) -> None:
+    """The API died between the debit and the enqueue: the job must still run."""
+    now = runtime.jobs.now_ms()
+    record = accept(runtime, deadline_ms=now + 600_000, purge_ms=now + 10**9, dispatch_at_ms=now)
+    assert queued_tasks(runtime.redis) == []
+    assert tick(runtime)["unclaimed"] == 1
+    assert queued_tasks(runtime.redis) == ["xsd.prepare"], "not prepared yet: from the start"
+    assert tick(runtime)["unclaimed"] == 0, "then it waits twice the retry period"
+    retry_ms = runtime.settings.dispatch_retry_seconds * 1000
+    resend_at = runtime.redis.zscore(keys.DISPATCH, record.id)
+    assert resend_at is not None and resend_at >= now + 2 * retry_ms
+    assert runtime.jobs.get(record.id).dispatches == 1  # type: ignore[union-attr]
+
+
+def test_a_prepared_job_whose_message_was_lost_goes_back_to_its_gpu_queue(
+    runtime: Runtime,
+) -> None:
+    now = runtime.jobs.now_ms()
+    record = accept(runtime, deadline_ms=now + 600_000, purge_ms=now + 10**9, dispatch_at_ms=now)
+    runtime.jobs.update_queued(record.id, {"prepared_ms": str(now)})
+    assert tick(runtime)["unclaimed"] == 1
+    assert [
+        json.loads(m)["headers"]["task"] for m in runtime.redis.lrange("gpu.xsd45.2k", 0, -1)
+    ] == ["xsd.generate"]
+
+
+def test_claimed_and_finished_jobs_leave_the_outbox(runtime: Runtime) -> None:
+    now = runtime.jobs.now_ms()
+    claimed = accept(runtime, deadline_ms=now + 600_000, purge_ms=now + 10**9, dispatch_at_ms=now)
+    runtime.jobs.claim(claimed.id, lease_ms=60_000)
+    # A stale entry (the tick rescheduled it just as a worker claimed it) is dropped.
+    runtime.redis.zadd(keys.DISPATCH, {claimed.id: now})
+    assert tick(runtime)["unclaimed"] == 0
+    assert runtime.redis.zcard(keys.DISPATCH) == 0
+    assert queued_tasks(runtime.redis) == []
+
+
+def test_a_failing_duty_does_not_stop_the_others(runtime: Runtime, monkeypatch) -> None:
+    import scheduler.reaper as reaper
+
+    def broken(rt: Runtime, now_ms: int) -> int:
+        raise redis.ConnectionError("Redis went away mid-tick")
+
+    monkeypatch.setitem(reaper._DUTIES, "reaped", broken)
+    runtime.jobs.schedule(keys.WEBHOOKS_DUE, "req_due", runtime.jobs.now_ms() - 5)
+    done = tick(runtime)
+    assert done["reaped"] == -1 and done["webhooks"] == 1

@@ -211,13 +211,13 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
 }
 
 
-def errors(*statuses: int, **notes: str) -> dict[int | str, dict[str, Any]]:
-    """FastAPI ``responses`` for error statuses in the error format; ``notes`` (keyed
-    ``s409`` and so on) say what a status means for this endpoint."""
+def errors(*statuses: int, notes: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses`` for error statuses in the error format; ``notes`` say what a
+    status means for this endpoint."""
     documented: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         description, headers = _ERRORS[status]
-        note = notes.get(f"s{status}")
+        note = (notes or {}).get(status)
         documented[status] = {
             "model": ErrorBody,
             "description": f"{description} {note}" if note else description,

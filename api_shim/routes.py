@@ -144,7 +144,9 @@ def _email(value: str) -> str:
             415,
             429,
             500,
-            s409="An Idempotency-Key reused with another body, or whose record was deleted.",
+            notes={
+                409: "An Idempotency-Key reused with another body, or whose record was deleted."
+            },
         ),
     },
     openapi_extra={
@@ -209,7 +211,7 @@ def list_generations(
     summary="Cancel a generation",
     responses={
         **ok(200, GenerationRecord),
-        **errors(401, 404, 409, 429, 500, s409="The generation has already finished."),
+        **errors(401, 404, 409, 429, 500, notes={409: "The generation has already finished."}),
     },
 )
 def cancel_generation(request: Request, request_id: str, principal: Reader) -> dict[str, Any]:
@@ -234,7 +236,9 @@ def delete_generation(request: Request, request_id: str, principal: Reader) -> d
     summary="Erase an end user's generations",
     responses={
         **ok(200, ErasureResult),
-        **errors(400, 401, 409, 429, 500, s409="Images could not be deleted; retry to finish."),
+        **errors(
+            400, 401, 409, 429, 500, notes={409: "Images could not be deleted; retry to finish."}
+        ),
     },
 )
 def erase_end_user(request: Request, email: EndUserEmail, principal: Reader) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from scheduler.ratelimit import RateStatus
 from scheduler.runtime import Runtime
 from scheduler.service import Service
 
-from . import ops, routes
+from . import openapi, ops, routes
 from .errors import install_handlers, rate_limit_headers
 
 __all__ = ["create_app"]
@@ -45,6 +45,8 @@ def create_app(runtime: Runtime) -> FastAPI:
         "`Authorization: Bearer xm_live_...`.",
         docs_url="/docs",
         redoc_url=None,
+        # Operation ids are the handlers' names (get_generation), as links refer to them.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.service = Service(runtime)
     register_once(
@@ -56,6 +58,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     install_handlers(app)
     app.include_router(routes.router)
     app.include_router(ops.router)
+    openapi.install(app, app.state.service.model_aliases)
 
     @app.middleware("http")
     async def observe(

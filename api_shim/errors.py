@@ -12,7 +12,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from scheduler.errors import (
     AuthenticationFailed,
@@ -104,12 +106,30 @@ def _query_validation(_: Request, exc: Exception) -> JSONResponse:
     return error_response(400, "validation_error", message, param=param)
 
 
-def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> list[str]:
+    # The router's 405 names the methods of the first route that matched the path only; a
+    # path served by several routes (GET and POST /v1/generations) needs all of them.
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.routes):
+        route = context.original_route
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
         return error_response(404, "not_found", "No such endpoint.")
     if exc.status_code == 405:
-        return error_response(405, "method_not_allowed", "This method is not allowed here.")
+        allowed = ", ".join(_allowed_methods(request))
+        return error_response(
+            405,
+            "method_not_allowed",
+            f"This method is not allowed here; use {allowed}.",
+            headers={"Allow": allowed},  # RFC 9110 requires it with every 405
+        )
     return error_response(exc.status_code, "validation_error", str(exc.detail))
 
 

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scheduler.objects import open_signed_file
 
+from .openapi import errors
 from .routes import service_of
 
 __all__ = ["router"]
@@ -38,7 +39,18 @@ def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/files/{key:path}", summary="A signed image URL (local storage)")
+@router.get(
+    "/v1/files/{key:path}",
+    summary="A signed image URL (local storage)",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "The image.",
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **errors(400, 403, 404, 500),
+    },
+)
 def signed_file(
     request: Request,
     key: str,

@@ -7,19 +7,34 @@ response.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Security
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from scheduler.accounts import Principal
+from scheduler.errors import AuthenticationFailed
 from scheduler.service import Service
 
+from .body import JSON_MEDIA_TYPE, check_media_type, parse_object, read_body
 from .errors import ApiError
+from .openapi import (
+    BODY_REF,
+    RECORD_LINKS,
+    Account,
+    DeleteResult,
+    ErasureResult,
+    GenerationList,
+    GenerationRecord,
+    ModelList,
+    Usage,
+    errors,
+    ok,
+)
 from .schemas import GenerationBody, ValidationContext, describe_error, first_error
 
 __all__ = ["router", "service_of"]
@@ -34,6 +49,26 @@ def service_of(request: Request) -> Service:
     return request.app.state.service
 
 
+# Declared for the OpenAPI document (its security scheme); the header itself is read raw
+# below, because this parser would take the first of two Authorization headers.
+_BEARER = HTTPBearer(
+    auto_error=False, bearerFormat="xm_live_...", description="An API key from `xsd keys create`."
+)
+
+
+def _authorization(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)]
+) -> str | None:
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        # Proxies and frameworks disagree on which of two wins: accept neither.
+        raise AuthenticationFailed("Send exactly one Authorization header.")
+    return values[0] if values else None
+
+
+Authorization = Annotated[str | None, Depends(_authorization)]
+
+
 def _caller(request: Request, authorization: str | None, *, write: bool) -> Principal:
     service = service_of(request)
     principal = service.authenticate(authorization)
@@ -41,48 +76,30 @@ def _caller(request: Request, authorization: str | None, *, write: bool) -> Prin
     return principal
 
 
-def writer(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+def writer(request: Request, authorization: Authorization) -> Principal:
     """Caller of a billable write (POST /v1/generations has its own rate limit)."""
     return _caller(request, authorization, write=True)
 
 
-def reader(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+def reader(request: Request, authorization: Authorization) -> Principal:
     """Caller of any other endpoint."""
     return _caller(request, authorization, write=False)
 
 
 Writer = Annotated[Principal, Depends(writer)]
 Reader = Annotated[Principal, Depends(reader)]
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "payload_too_large", f"The request body exceeds {limit} bytes.")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "payload_too_large", f"The request body exceeds {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+# Documented as an email, checked by _email (a 400 in the error format, not FastAPI's 422).
+_EMAIL_FORMAT: dict[str, Any] = {"format": "email"}
+EndUserEmail = Annotated[str, Path(json_schema_extra=_EMAIL_FORMAT)]
 
 
 def _validate(service: Service, raw: bytes) -> GenerationBody:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            400, "validation_error", f"The request body is not valid JSON: {exc}."
-        ) from exc
-    if not isinstance(data, dict):
-        raise ApiError(400, "validation_error", "The request body must be a JSON object.")
-    runtime = service.runtime
-    context = ValidationContext(models=service.model_aliases(), policy=runtime.net_policy)
+    data = parse_object(raw)
+    context = ValidationContext(models=service.model_aliases(), policy=service.runtime.net_policy)
     try:
         return GenerationBody.model_validate(data, context=context)
     except ValidationError as exc:
-        param, message = describe_error(first_error(exc.errors()))
+        param, message = describe_error(first_error(exc.errors()), models=context.models)
         raise ApiError(400, "validation_error", message, param=param) from exc
 
 
@@ -116,11 +133,24 @@ def _email(value: str) -> str:
     "/generations",
     status_code=202,
     summary="Start a generation",
+    responses={
+        **ok(202, GenerationRecord, links=RECORD_LINKS, Location="The record's poll URL."),
+        **errors(
+            400,
+            401,
+            402,
+            409,
+            413,
+            415,
+            429,
+            500,
+            notes={
+                409: "An Idempotency-Key reused with another body, or whose record was deleted."
+            },
+        ),
+    },
     openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": GenerationBody.model_json_schema()}},
-        }
+        "requestBody": {"required": True, "content": {JSON_MEDIA_TYPE: {"schema": BODY_REF}}}
     },
 )
 async def create_generation(
@@ -131,8 +161,10 @@ async def create_generation(
     """Validate, debit and queue; answers 202 with the queued record."""
     service = service_of(request)
     key = _idempotency_key(idempotency_key)
-    raw = await _read_body(request, service.runtime.settings.max_body_bytes)
-    # Validation may resolve the webhook host: keep DNS off the event loop.
+    check_media_type(request.headers.get("content-type"))
+    raw = await read_body(request, service.runtime.settings.max_body_bytes)
+    # Parsing and validation are CPU work (a prompt is tokenized) and may resolve the
+    # webhook host: keep both off the event loop.
     body = await run_in_threadpool(_validate, service, raw)
     view, replayed = await run_in_threadpool(
         service.submit, principal, body.to_job_input(), idempotency_key=key
@@ -145,17 +177,27 @@ async def create_generation(
     return JSONResponse(view, status_code=202, headers=headers)
 
 
-@router.get("/generations/{request_id}", summary="Poll a generation")
+@router.get(
+    "/generations/{request_id}",
+    summary="Poll a generation",
+    responses={**ok(200, GenerationRecord), **errors(401, 404, 429, 500)},
+)
 def get_generation(request: Request, request_id: str, principal: Reader) -> dict[str, Any]:
     """The current record (``expired`` once signed URLs are dead)."""
     return service_of(request).get(principal, request_id)
 
 
-@router.get("/generations", summary="List generations, newest first")
+@router.get(
+    "/generations",
+    summary="List generations, newest first",
+    responses={**ok(200, GenerationList), **errors(400, 401, 429, 500)},
+)
 def list_generations(
     request: Request,
     principal: Reader,
-    end_user_email: Annotated[str | None, Query(alias="endUserEmail")] = None,
+    end_user_email: Annotated[
+        str | None, Query(alias="endUserEmail", json_schema_extra=_EMAIL_FORMAT)
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
@@ -164,37 +206,71 @@ def list_generations(
     return service_of(request).list(principal, email=email, limit=limit, cursor=cursor)
 
 
-@router.post("/generations/{request_id}/cancel", summary="Cancel a queued generation")
+@router.post(
+    "/generations/{request_id}/cancel",
+    summary="Cancel a generation",
+    responses={
+        **ok(200, GenerationRecord),
+        **errors(401, 404, 409, 429, 500, notes={409: "The generation has already finished."}),
+    },
+)
 def cancel_generation(request: Request, request_id: str, principal: Reader) -> dict[str, Any]:
-    """Queued jobs only; refunded in full."""
+    """A queued generation is refunded in full; a processing one stops at the next denoising
+    step and is charged; a finished one cannot be cancelled (409)."""
     return service_of(request).cancel(principal, request_id)
 
 
-@router.delete("/generations/{request_id}", summary="Delete a generation and its images")
+@router.delete(
+    "/generations/{request_id}",
+    summary="Delete a generation and its images",
+    responses={**ok(200, DeleteResult), **errors(401, 404, 429, 500)},
+)
 def delete_generation(request: Request, request_id: str, principal: Reader) -> dict[str, Any]:
-    """Removes the record and its objects; a job still running is refunded."""
+    """Removes the record and its objects. A queued generation is refunded; a processing
+    one stops at the next denoising step and is charged."""
     return service_of(request).delete(principal, request_id)
 
 
-@router.delete("/end-users/{email}/generations", summary="Erase an end user's generations")
-def erase_end_user(request: Request, email: str, principal: Reader) -> dict[str, Any]:
+@router.delete(
+    "/end-users/{email}/generations",
+    summary="Erase an end user's generations",
+    responses={
+        **ok(200, ErasureResult),
+        **errors(
+            400, 401, 409, 429, 500, notes={409: "Images could not be deleted; retry to finish."}
+        ),
+    },
+)
+def erase_end_user(request: Request, email: EndUserEmail, principal: Reader) -> dict[str, Any]:
     """Deletes every generation (records and images) of one end user."""
     return service_of(request).erase_end_user(principal, _email(email))
 
 
-@router.get("/end-users/{email}/usage", summary="An end user's usage")
-def end_user_usage(request: Request, email: str, principal: Reader) -> dict[str, Any]:
+@router.get(
+    "/end-users/{email}/usage",
+    summary="An end user's usage",
+    responses={**ok(200, Usage), **errors(400, 401, 404, 429, 500)},
+)
+def end_user_usage(request: Request, email: EndUserEmail, principal: Reader) -> dict[str, Any]:
     """Requests, outcomes, images, net xTokens and policy violations."""
     return service_of(request).usage(principal, _email(email))
 
 
-@router.get("/account", summary="Your account and balance")
+@router.get(
+    "/account",
+    summary="Your account and balance",
+    responses={**ok(200, Account), **errors(401, 429, 500)},
+)
 def account(request: Request, principal: Reader) -> dict[str, Any]:
     """Balance in xTokens."""
     return service_of(request).account(principal)
 
 
-@router.get("/models", summary="Available model aliases")
+@router.get(
+    "/models",
+    summary="Available model aliases",
+    responses={**ok(200, ModelList, rate_limited=False), **errors(500)},
+)
 def models(request: Request) -> dict[str, Any]:
     """Public: no key needed."""
     return {"data": service_of(request).models()}

@@ -15,7 +15,13 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from scheduler.errors import UnsafeURL
-from scheduler.inputs import MAX_IMAGES, MAX_PROMPT_TOKENS, frame_count, prompt_tokens
+from scheduler.inputs import (
+    MAX_IMAGES,
+    MAX_PROMPT_CHARS,
+    MAX_PROMPT_TOKENS,
+    frame_count,
+    prompt_tokens,
+)
 from scheduler.netguard import NetPolicy, check_url
 from scheduler.records import JobInput
 from scheduler.sizes import AspectRatio, SizeError, parse_size
@@ -24,6 +30,7 @@ __all__ = [
     "ValidationContext",
     "SequentialOptions",
     "GenerationBody",
+    "FieldError",
     "MAX_REFERENCES",
     "describe_error",
     "first_error",
@@ -42,6 +49,19 @@ class ValidationContext:
 
     models: list[str]
     policy: NetPolicy
+
+
+class FieldError(ValueError):
+    """A check across fields, reported against the one field the client should change
+    (pydantic places errors of a model validator on the whole body)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _use_one_of(models: list[str]) -> str:
+    return f"use one of {', '.join(models)}"
 
 
 def _context(info: ValidationInfo) -> ValidationContext:
@@ -63,10 +83,25 @@ class GenerationBody(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    endUserEmail: str = Field(description="Email of your real end user; stored lowercase.")
-    prompt: str = Field(description="English prompt, at most ~2000 tokens.")
+    endUserEmail: str = Field(
+        description="Email of your real end user; stored lowercase.",
+        json_schema_extra={"format": "email"},
+    )
+    # max_length is checked before _prompt runs, so an over-long prompt is never tokenized.
+    prompt: str = Field(
+        max_length=MAX_PROMPT_CHARS,
+        description=f"English prompt, at most {MAX_PROMPT_TOKENS} CLIP tokens "
+        f"(and {MAX_PROMPT_CHARS} characters).",
+        # Documented only: _prompt refuses an empty prompt with a message of its own.
+        json_schema_extra={"minLength": 1},
+    )
     model: str = Field(description="Public model alias, e.g. xSD4.5 (see GET /v1/models).")
-    references: str | list[str] | None = Field(None, description="1-10 HTTPS image URLs.")
+    references: str | list[str] | None = Field(
+        None,
+        description=f"1-{MAX_REFERENCES} HTTPS image URLs: one string or an array.",
+        # Documented only (_references checks them); item counts apply to the array form.
+        json_schema_extra={"minItems": 1, "maxItems": MAX_REFERENCES},
+    )
     size: str = Field("2K", description="2K, 4K or explicit WxH.")
     aspectRatio: Literal["auto", "square", "landscape", "portrait"] = "auto"
     n: int | None = Field(None, ge=1, le=MAX_IMAGES, description="Images, 1-15 (default 1).")
@@ -111,7 +146,7 @@ class GenerationBody(BaseModel):
     def _model(cls, value: str, info: ValidationInfo) -> str:
         models = _context(info).models
         if value not in models:
-            raise ValueError(f"model {value!r} is not available; use one of {', '.join(models)}.")
+            raise ValueError(f"model {value!r} is not available; {_use_one_of(models)}.")
         return value
 
     @field_validator("references")
@@ -155,12 +190,13 @@ class GenerationBody(BaseModel):
     @model_validator(mode="after")
     def _combinations(self) -> GenerationBody:
         if self.sequential == "auto" and self.n is not None and self.n > 1:
-            raise ValueError('n > 1 cannot be combined with sequential "auto"; use maxImages.')
+            raise FieldError("n", 'n > 1 cannot be combined with sequential "auto"; use maxImages.')
         references = len(self.references or [])
         images = self.image_count
         if references + images > MAX_IMAGES:
-            raise ValueError(
-                f"references ({references}) plus images ({images}) must not exceed {MAX_IMAGES}."
+            raise FieldError(
+                "references",
+                f"references ({references}) plus images ({images}) must not exceed {MAX_IMAGES}.",
             )
         return self
 
@@ -229,16 +265,22 @@ def first_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
     return first
 
 
-def describe_error(error: dict[str, Any]) -> tuple[str | None, str]:
+def describe_error(error: dict[str, Any], *, models: list[str]) -> tuple[str | None, str]:
     """``(param, message)`` for a pydantic error of a request: full sentences that name
-    the field and say what is accepted."""
+    the field and say what is accepted (for ``model``, the available aliases)."""
     param = _param_of(tuple(error.get("loc", ())))
     name = param or "The request body"
     kind, ctx = error.get("type", ""), error.get("ctx") or {}
     if kind == "missing":
-        return param, f"{name} is required."
+        hint = f"; {_use_one_of(models)}" if param == "model" else ""
+        return param, f"{name} is required{hint}."
     if kind == "value_error":
-        return param, str(ctx.get("error", error.get("msg", "is invalid")))
+        cause = ctx.get("error")
+        if isinstance(cause, FieldError):
+            return cause.param, str(cause)
+        return param, str(cause or error.get("msg", "is invalid"))
+    if kind == "string_too_long":
+        return param, f"{name} must be at most {ctx.get('max_length')} characters."
     if param == "references" and kind in ("string_type", "list_type"):
         return param, "references must be a URL string or an array of URL strings."
     if kind in _TYPE_WORDS:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .buckets import bucket_for
 from .errors import InvalidImage, InvalidInput, ModelUnavailable, PipelineError, RequestCancelled
 from .images import decode_image, encode_png
-from .prompts import count_prompt_tokens, enumerate_items
+from .prompts import LONGEST_TOKEN_BYTES, count_prompt_tokens, enumerate_items
 from .registry import ModelRegistry, ModelSpec
 from .request import GenerationRequest
 from .seeds import derive_seed
@@ -25,6 +25,7 @@ __all__ = [
     "Generator",
     "InvalidImage",
     "InvalidInput",
+    "LONGEST_TOKEN_BYTES",
     "ModelRegistry",
     "ModelSpec",
     "ModelUnavailable",

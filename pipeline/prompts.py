@@ -18,6 +18,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 __all__ = [
     "BOS_ID",
     "EOS_ID",
+    "LONGEST_TOKEN_BYTES",
     "VOCAB_SIZE",
     "clip_tokenizer",
     "count_prompt_tokens",
@@ -28,6 +29,10 @@ __all__ = [
 VOCAB_SIZE = 49408
 BOS_ID = 49406
 EOS_ID = 49407
+# The most text one token covers: 32 bytes (eight 4-byte emoji), so never more than 32
+# characters. Bounds a prompt's length from its token limit without tokenizing it; a test
+# recomputes it from the vocabulary.
+LONGEST_TOKEN_BYTES = 32
 # CLIP's pre-tokenisation pattern (openai/CLIP simple_tokenizer.py).
 _PATTERN = (
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"""
@@ -81,7 +86,9 @@ def clip_tokenizer() -> Tokenizer:
 
 def count_prompt_tokens(prompt: str) -> int:
     """CLIP BPE tokens in a prompt, without BOS/EOS."""
-    return len(clip_tokenizer().encode(prompt).ids)
+    # encode_batch releases the GIL where encode holds it (about 1 s for 1 MB of text), so
+    # the HTTP shim's event loop keeps running while a worker thread counts.
+    return len(clip_tokenizer().encode_batch([prompt])[0].ids)
 
 
 _NUMBERED = re.compile(r"(?:^|\s)(?:\(?\d{1,2}[.)]|[-*•])\s+")

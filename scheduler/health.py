@@ -1,7 +1,8 @@
 """The HTTP endpoint of worker and beat processes: /metrics, /healthz and /readyz.
 
 Celery processes have no HTTP server of their own; this one runs in a daemon thread on
-``XSD_METRICS_PORT`` so Kubernetes can probe them and Prometheus can scrape them. Each
+``XSD_METRICS_PORT`` so Kubernetes can probe them and Prometheus can scrape them. It binds
+``XSD_METRICS_HOST``, else where the API binds (``XSD_HOST``). Each
 process serves its own registry, so there is no multiprocess aggregation to configure:
 GPU workers run the solo pool and CPU workers a thread pool, both single-process.
 """
@@ -46,8 +47,9 @@ def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
     return [b"not found\n"]
 
 
-def serve(port: int, *, host: str = "0.0.0.0") -> ThreadingWSGIServer:
-    """Serve the endpoints in a daemon thread; returns the server (``.server_port``)."""
+def serve(port: int, *, host: str) -> ThreadingWSGIServer:
+    """Serve the endpoints on ``host`` in a daemon thread; returns the server
+    (``.server_port``)."""
     server = make_server(host, port, _app, ThreadingWSGIServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
     return server

@@ -3,11 +3,23 @@ to the HTTP shim so that it depends on the scheduler alone."""
 
 from __future__ import annotations
 
-from pipeline import count_prompt_tokens, enumerate_items
+from pipeline import LONGEST_TOKEN_BYTES, count_prompt_tokens, enumerate_items
 
-__all__ = ["MAX_PROMPT_TOKENS", "MAX_IMAGES", "DEFAULT_FRAMES", "prompt_tokens", "frame_count"]
+__all__ = [
+    "MAX_PROMPT_TOKENS",
+    "MAX_PROMPT_CHARS",
+    "MAX_IMAGES",
+    "DEFAULT_FRAMES",
+    "prompt_tokens",
+    "frame_count",
+]
 
 MAX_PROMPT_TOKENS = 2000
+# No token covers more than LONGEST_TOKEN_BYTES characters, and whitespace between tokens
+# collapses to one space: a prompt within the token limit has at most this many characters
+# (unless padded with long runs of whitespace). Longer prompts are refused without
+# tokenizing them, so a megabyte of text costs no CPU. Real prompts average ~4 per token.
+MAX_PROMPT_CHARS = (LONGEST_TOKEN_BYTES + 1) * MAX_PROMPT_TOKENS
 # Images per request, and references plus images per request.
 MAX_IMAGES = 15
 # Frames of a sequential request that neither names maxImages nor enumerates its subjects.

@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, description="Workers and the beat serve /metrics, /healthz, /readyz on this port."
     )
+    metrics_host: str | None = Field(
+        None,
+        description="Interface of that port; unset means XSD_HOST, where the API binds "
+        "(a loopback-only install stays loopback-only). Clusters set 0.0.0.0.",
+    )
     moderation_blocklist: Path | None = Field(
         None, description="Extra blocked terms, one per line, added to the built-in list."
     )
@@ -146,6 +151,10 @@ class Settings(BaseSettings):
     def objects_dir(self) -> Path:
         """Root of the local object store."""
         return self.data_dir / "objects"
+
+    def metrics_interface(self) -> str:
+        """Where workers and the beat serve their metrics and probes."""
+        return self.metrics_host or self.host
 
     def base_url(self) -> str:
         """Public base URL without a trailing slash."""

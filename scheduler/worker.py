@@ -64,7 +64,7 @@ def run_worker(
     """
     runtime = init(settings)
     if settings.metrics_port:
-        health.serve(settings.metrics_port)
+        health.serve(settings.metrics_port, host=settings.metrics_interface())
     names = expand_queues(queues, runtime.registry.aliases())
     gpu = any(name != CPU_QUEUE for name in names)
     pool = "solo" if gpu else "threads"
@@ -99,7 +99,7 @@ def run_beat(settings: Settings) -> None:
     a second one only duplicates ticks, which are safe but wasteful."""
     init(settings)
     if settings.metrics_port:
-        health.serve(settings.metrics_port)
+        health.serve(settings.metrics_port, host=settings.metrics_interface())
     health.ready.set()
     schedule = settings.data_dir / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)

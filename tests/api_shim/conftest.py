@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ VALID = {
     "model": "xSD4.5",
 }
 RATE_LIMIT = 20
+# Above the prompt's character bound, so that bound is what refuses a long prompt.
+MAX_BODY_BYTES = 100_000
 
 
 @dataclass
@@ -55,21 +58,11 @@ class Api:
             return client.post("/v1/generations", json=body, **kwargs)
 
 
-@pytest.fixture(scope="package")
-def api(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Api]:
-    """The API on a free port, on its own Redis database."""
-    redis_url = redis_server.rsplit("/", 1)[0] + "/15"
-    redis.Redis.from_url(redis_url).flushdb()
-    port = free_port()
-    data_dir: Path = tmp_path_factory.mktemp("api")
-    settings = Settings(
-        data_dir=data_dir,
-        redis_url=redis_url,
-        port=port,
-        rate_limit_per_minute=RATE_LIMIT,
-        max_body_bytes=64_000,
-    )
-    runtime = init(settings)
+@contextmanager
+def serving(runtime: Runtime) -> Iterator[str]:
+    """The API over ``runtime``, served by uvicorn in a thread on ``settings.port``; yields
+    its base URL."""
+    port = runtime.settings.port
     server = uvicorn.Server(
         uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -79,6 +72,26 @@ def api(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    yield Api(base_url=f"http://127.0.0.1:{port}", runtime=runtime)
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="package")
+def api(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Api]:
+    """The API on a free port, on its own Redis database."""
+    redis_url = redis_server.rsplit("/", 1)[0] + "/15"
+    redis.Redis.from_url(redis_url).flushdb()
+    data_dir: Path = tmp_path_factory.mktemp("api")
+    settings = Settings(
+        data_dir=data_dir,
+        redis_url=redis_url,
+        port=free_port(),
+        rate_limit_per_minute=RATE_LIMIT,
+        max_body_bytes=MAX_BODY_BYTES,
+    )
+    runtime = init(settings)
+    with serving(runtime) as base_url:
+        yield Api(base_url=base_url, runtime=runtime)

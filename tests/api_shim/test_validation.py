@@ -6,11 +6,16 @@ nothing.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from .conftest import VALID, Api
+from api_shim import schemas
+from api_shim.body import MAX_JSON_DEPTH
+from scheduler.inputs import MAX_PROMPT_CHARS, prompt_tokens
+
+from .conftest import MAX_BODY_BYTES, VALID, Api
 
 
 def _rejected(api: Api, body: Any, param: str | None, match: str = "") -> dict[str, Any]:
@@ -40,6 +45,11 @@ def with_(**changes: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("field", ["endUserEmail", "prompt", "model"])
 def test_required_fields(api: Api, field: str) -> None:
     _rejected(api, with_(**{field: ...}), field, "is required")
+
+
+def test_missing_model_lists_aliases(api: Api) -> None:
+    error = _rejected(api, with_(model=...), "model", "is required")
+    assert "xSD4.5" in error["message"]
 
 
 @pytest.mark.parametrize(
@@ -84,6 +94,22 @@ def test_prompt_token_limit(api: Api) -> None:
     # "cat" is one CLIP token: 2000 of them are allowed, 2001 are not.
     _accepted(api, with_(prompt="cat " * 2000))
     _rejected(api, with_(prompt="cat " * 2001), "prompt", "2001 tokens")
+
+
+def test_over_long_prompt_is_never_tokenized(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    counted: list[int] = []
+
+    def spy(prompt: str) -> int:
+        counted.append(len(prompt))
+        return prompt_tokens(prompt)
+
+    # The server runs in this process (a uvicorn thread): the spy sees its calls.
+    monkeypatch.setattr(schemas, "prompt_tokens", spy)
+    _rejected(api, with_(prompt="x" * (MAX_PROMPT_CHARS + 1)), "prompt", f"{MAX_PROMPT_CHARS}")
+    assert counted == [], "an over-long prompt is refused before it is tokenized"
+    # At the bound, the prompt is counted (and this one is far over 2000 tokens).
+    _rejected(api, with_(prompt="cat " * (MAX_PROMPT_CHARS // 4)), "prompt", "tokens")
+    assert counted == [MAX_PROMPT_CHARS - 1]
 
 
 def test_unknown_model_lists_aliases(api: Api) -> None:
@@ -201,7 +227,7 @@ def test_enum_and_bool_rejections(api: Api, field: str, value: Any) -> None:
 
 
 def test_sequential_rules(api: Api) -> None:
-    _rejected(api, with_(sequential="auto", n=2), None, "cannot be combined")
+    _rejected(api, with_(sequential="auto", n=2), "n", "cannot be combined")
     _rejected(
         api,
         with_(sequential="auto", sequentialOptions={"maxImages": 16}),
@@ -229,12 +255,12 @@ def test_sequential_rules(api: Api) -> None:
 
 def test_references_plus_images_cap(api: Api) -> None:
     refs = [f"https://cdn.your-product.com/{i}.png" for i in range(10)]
-    _rejected(api, with_(references=refs, n=6), None, "must not exceed 15")
+    _rejected(api, with_(references=refs, n=6), "references", "must not exceed 15")
     assert _accepted(api, with_(references=refs, n=5))["referencesCount"] == 10
     _rejected(
         api,
         with_(references=refs, sequential="auto", sequentialOptions={"maxImages": 6}),
-        None,
+        "references",
         "must not exceed 15",
     )
 
@@ -276,7 +302,93 @@ def test_malformed_bodies(api: Api, raw: bytes, match: str) -> None:
 
 def test_payload_too_large(api: Api) -> None:
     key = api.new_key()
-    response = api.post(key, with_(prompt="x" * 70_000))
+    response = api.post(key, with_(prompt="x" * MAX_BODY_BYTES))
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
     assert api.balance(key) == 1000
+
+
+def _raw_rejected(
+    api: Api, raw: bytes, status: int, code: str, *, content_type: str | None = "application/json"
+) -> dict[str, Any]:
+    key = api.new_key()
+    headers = {"Authorization": f"Bearer {key.api_key}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    with api.http() as client:
+        response = client.post("/v1/generations", content=raw, headers=headers)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"].endswith(".")
+    assert api.balance(key) == 1000, "nothing is debited for a rejected request"
+    return error
+
+
+def test_deep_nesting_is_a_validation_error(api: Api) -> None:
+    # 2 KB nested 1000 deep: the JSON parser's recursion limit, once a 500.
+    error = _raw_rejected(api, b"[" * 1000 + b"]" * 1000, 400, "validation_error")
+    assert "deeper than" in error["message"]
+    deep = b'{"extra": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    _raw_rejected(api, deep, 400, "validation_error")
+
+
+def test_nesting_bound(api: Api) -> None:
+    def nested(depth: int) -> dict[str, Any]:
+        # The body itself is level 1; `extra` is ignored, so only its depth matters.
+        value: Any = 1
+        for _ in range(depth - 1):
+            value = [value]
+        return dict(VALID, extra=value)
+
+    _accepted(api, nested(MAX_JSON_DEPTH))
+    error = _raw_rejected(
+        api, json.dumps(nested(MAX_JSON_DEPTH + 1)).encode(), 400, "validation_error"
+    )
+    assert f"deeper than {MAX_JSON_DEPTH}" in error["message"]
+
+
+def test_duplicate_keys_are_refused(api: Api) -> None:
+    body = json.dumps(VALID)[:-1] + ', "n": 1, "n": 15}'
+    error = _raw_rejected(api, body.encode(), 400, "validation_error")
+    assert error["param"] == "n" and "repeats" in error["message"]
+    nested = json.dumps(dict(VALID, sequential="auto"))[:-1]
+    nested += ', "sequentialOptions": {"maxImages": 1, "maxImages": 9}}'
+    _raw_rejected(api, nested.encode(), 400, "validation_error")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_numbers_are_refused(api: Api, constant: str) -> None:
+    body = json.dumps(VALID)[:-1] + f', "guidanceScale": {constant}}}'
+    error = _raw_rejected(api, body.encode(), 400, "validation_error")
+    assert "not valid JSON" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "application/json; charset=latin-1",
+        "application/json;charset=utf-16",
+    ],
+)
+def test_body_must_be_labelled_json(api: Api, content_type: str | None) -> None:
+    error = _raw_rejected(
+        api, json.dumps(VALID).encode(), 415, "unsupported_media_type", content_type=content_type
+    )
+    assert "application/json" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", 'Application/JSON; charset="UTF-8"'],
+)
+def test_json_media_types_accepted(api: Api, content_type: str) -> None:
+    key = api.new_key()
+    headers = {"Authorization": f"Bearer {key.api_key}", "Content-Type": content_type}
+    with api.http() as client:
+        response = client.post("/v1/generations", content=json.dumps(VALID), headers=headers)
+    assert response.status_code == 202, response.text

@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from scheduler.embedded_redis import free_port
+from scheduler.embedded_redis import free_port, free_port_block
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +63,23 @@ def redis_pids(port: str) -> list[int]:
     return found
 
 
+def assert_loopback_only(port: int, *, timeout: float = 60) -> None:
+    """``port`` answers /healthz on 127.0.0.1 (once its process has started) and refuses
+    127.0.0.2: the whole of 127/8 is this host's loopback, so a socket bound to every
+    interface would accept both."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as answer:
+                assert answer.status == 200
+                break
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing answers on 127.0.0.1:{port}"
+            time.sleep(0.2)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", port), timeout=2).close()
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     data_dir = tmp_path / "data"
@@ -80,14 +99,14 @@ def test_up_generate_and_ctrl_c(env: dict[str, str], tmp_path: Path) -> None:
     assert xsd("credits", "add", "--account", "ghost", "--amount", "5", env=env).returncode != 0
     assert processes_of(data_dir) == [], "one-off commands leave nothing running"
 
-    port = free_port()
+    port, metrics = free_port(), free_port_block(3)
     log = tmp_path / "up.log"
     with log.open("w") as output:
         # A file, not a pipe: the children log to the same stdout, and a pipe nobody
         # drains would block them.
         up = subprocess.Popen(
-            [sys.executable, "-m", "api_shim", "up", "--port", str(port)],
-            env=env,
+            [sys.executable, "-m", "api_shim", "up", "--host", "127.0.0.1", "--port", str(port)],
+            env={**env, "XSD_METRICS_PORT": str(metrics)},
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -102,6 +121,9 @@ def test_up_generate_and_ctrl_c(env: dict[str, str], tmp_path: Path) -> None:
         assert len(redis_pids(redis_port)) == 1
         second = xsd("up", "--port", str(free_port()), env=env, timeout=60)
         assert second.returncode != 0 and "already runs" in second.stderr
+        # Both workers and the beat serve their probes where the API binds, and only there.
+        for metrics_port in range(metrics, metrics + 3):
+            assert_loopback_only(metrics_port)
 
         out = tmp_path / "out"
         generated = xsd(

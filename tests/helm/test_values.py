@@ -26,7 +26,7 @@ DERIVED = {
     "port": "the api container's --port argument (api.port)",
 }
 # config defaults that differ from the process's on purpose (see values.yaml).
-DIFFERENT_DEFAULTS = {"data_dir", "metrics_port"}
+DIFFERENT_DEFAULTS = {"data_dir", "metrics_port", "metrics_host"}
 
 
 def _snake(camel: str) -> str:
@@ -122,6 +122,8 @@ def test_rendered_settings_parse(render) -> None:
     assert settings.max_body_bytes == 1_000_000
     assert settings.allow_private_urls is False
     assert settings.metrics_port == 9100
+    # Probes and scrapes reach a pod on its own IP, not on the loopback XSD_HOST defaults to.
+    assert settings.metrics_interface() == "0.0.0.0"
 
 
 # -- values.yaml is documented key by key --------------------------------------------------

@@ -85,8 +85,12 @@ def test_workers_and_beat_serve_metrics_and_probes(render) -> None:
         assert c["ports"] == [{"name": "metrics", "containerPort": 9100}], name
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, name
         assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, name
+        assert {"configMapRef": {"name": f"{PREFIX}-config"}} in c["envFrom"], name
     config = manifests.get("ConfigMap", f"{PREFIX}-config")["data"]
     assert config["XSD_METRICS_PORT"] == "9100"
+    # On every interface: the process default (where the API binds, loopback) would leave
+    # the probes above unanswered.
+    assert config["XSD_METRICS_HOST"] == "0.0.0.0"
 
 
 def test_pre_stop_drains_the_worker_by_its_own_hostname(render) -> None:

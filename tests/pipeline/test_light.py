@@ -6,6 +6,8 @@ import io
 import struct
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from PIL import Image
 
 from pipeline import (
+    LONGEST_TOKEN_BYTES,
     InvalidImage,
     ModelRegistry,
     ModelUnavailable,
@@ -22,6 +25,7 @@ from pipeline import (
     derive_seed,
     enumerate_items,
 )
+from pipeline.prompts import clip_tokenizer
 
 
 def test_import_is_light() -> None:
@@ -67,6 +71,37 @@ def test_token_counts_match_clip() -> None:
     assert count_prompt_tokens("A photo of a cat, in space! 85mm lens") == 13
     assert count_prompt_tokens("cat " * 2000) == 2000
     assert count_prompt_tokens("") == 0
+
+
+def test_longest_token_bytes_matches_the_vocabulary() -> None:
+    # Byte-level BPE spells every byte as one character, so a token's length is its bytes.
+    longest = max(
+        len(token.removesuffix("</w>"))
+        for token in clip_tokenizer().get_vocab()
+        if token not in ("<|startoftext|>", "<|endoftext|>")
+    )
+    assert longest == LONGEST_TOKEN_BYTES
+
+
+def test_token_counting_releases_the_gil() -> None:
+    # The shim counts tokens in a worker thread: the event loop must keep running meanwhile.
+    ticks, done = [0], threading.Event()
+
+    def tick() -> None:
+        while not done.is_set():
+            ticks[0] += 1
+            time.sleep(0.001)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    started = time.perf_counter()
+    count_prompt_tokens("x" * 1_000_000)
+    elapsed = time.perf_counter() - started
+    done.set()
+    ticker.join()
+    # A free ticker manages several hundred ticks a second; one held off by the GIL gets
+    # about twenty (one per switch interval).
+    assert ticks[0] > 100 * elapsed, (ticks[0], elapsed)
 
 
 @pytest.mark.parametrize(

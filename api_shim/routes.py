@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Security
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -182,9 +182,13 @@ async def create_generation(
     summary="Poll a generation",
     responses={**ok(200, GenerationRecord), **errors(401, 404, 429, 500)},
 )
-def get_generation(request: Request, request_id: str, principal: Reader) -> dict[str, Any]:
-    """The current record (``expired`` once signed URLs are dead)."""
-    return service_of(request).get(principal, request_id)
+def get_generation(request: Request, request_id: str, principal: Reader) -> Response:
+    """The current record (``expired`` once signed URLs are dead). A ``b64_json`` record is
+    streamed, its images encoded one at a time."""
+    answer = service_of(request).read(principal, request_id)
+    if isinstance(answer, dict):
+        return JSONResponse(answer)
+    return StreamingResponse(answer, media_type="application/json")
 
 
 @router.get(

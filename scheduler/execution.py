@@ -212,7 +212,7 @@ def store_images(
             results.append(ImageResult(index=index, error="storage_failed"))
         else:
             metrics.STORAGE_UPLOAD.observe(time.monotonic() - started)
-            results.append(ImageResult(index=index, key=key))
+            results.append(ImageResult(index=index, key=key, size=len(data)))
     return results
 
 

@@ -75,10 +75,12 @@ class JobInput:
 
 @dataclass(frozen=True, kw_only=True)
 class ImageResult:
-    """One produced image: stored under ``key``, or lost with ``error``."""
+    """One produced image: stored under ``key`` (``size`` bytes of PNG), or lost with
+    ``error``."""
 
     index: int
     key: str | None = None
+    size: int | None = None
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:

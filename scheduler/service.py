@@ -10,6 +10,7 @@ import hashlib
 import logging
 import secrets
 import string
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -19,14 +20,14 @@ from storage import StorageError
 from . import metrics
 from .accounts import Principal
 from .celery_app import send_prepare
-from .errors import Conflict, NotFound
+from .errors import Conflict, InvalidRequest, NotFound
 from .lifecycle import delete_job, fail_job
 from .ratelimit import RateStatus
 from .records import JobInput, JobRecord
 from .runtime import Runtime
-from .sizes import parse_size, resolve
+from .sizes import largest_pixels, parse_size, resolve
 from .states import JobErrorCode, JobStatus
-from .views import iso_time, public_view
+from .views import inlines, iso_time, public_view, stream_view
 
 __all__ = ["Service", "new_job_id"]
 
@@ -66,7 +67,7 @@ class Service:
 
     # -- generations -----------------------------------------------------------------
 
-    def _view(self, record: JobRecord) -> dict[str, Any]:
+    def _view(self, record: JobRecord, *, inline: bool = True) -> dict[str, Any]:
         settings = self.runtime.settings
         return public_view(
             record,
@@ -74,7 +75,21 @@ class Service:
             base_url=settings.base_url(),
             ttl_seconds=settings.url_ttl_seconds,
             now_ms=self.runtime.jobs.now_ms(),
+            inline=inline,
         )
+
+    def _check_inline_size(self, job: JobInput) -> None:
+        """Refuse, before any debit, a b64_json request whose images would make responses
+        (and the memory that builds them) unbounded."""
+        limit = self.runtime.settings.b64_max_pixels
+        pixels = job.image_count * largest_pixels(parse_size(job.size))
+        if job.response_format == "b64_json" and pixels > limit:
+            raise InvalidRequest(
+                f'responseFormat "b64_json" carries at most {limit:,} pixels in all (images x '
+                f"width x height, e.g. four 2K squares or one 4K image); this request asks for "
+                f'{pixels:,}. Use responseFormat "url", or fewer or smaller images.',
+                param="responseFormat",
+            )
 
     def submit(
         self, principal: Principal, job: JobInput, *, idempotency_key: str | None
@@ -82,6 +97,7 @@ class Service:
         """Debit, record and queue a generation. Returns its public record and whether it
         is the replay of an earlier request with the same Idempotency-Key."""
         settings, jobs = self.runtime.settings, self.runtime.jobs
+        self._check_inline_size(job)
         seed = job.seed if job.seed is not None else secrets.randbelow(_MAX_SEED + 1)
         size = resolve(parse_size(job.size), job.aspect_ratio, has_references=bool(job.references))
         width, height = size if size else (None, None)
@@ -139,15 +155,35 @@ class Service:
         """One generation's public record."""
         return self._view(self.runtime.jobs.get_owned(principal.account, job_id))
 
+    def read(self, principal: Principal, job_id: str) -> dict[str, Any] | Iterator[bytes]:
+        """What ``GET /v1/generations/:id`` answers: the record, or, when it inlines its
+        images, the record's JSON as a stream that encodes one image at a time."""
+        record = self.runtime.jobs.get_owned(principal.account, job_id)
+        if not (inlines(record) and record.images):
+            return self._view(record)
+        settings = self.runtime.settings
+        return stream_view(
+            record,
+            store=self.runtime.store,
+            base_url=settings.base_url(),
+            ttl_seconds=settings.url_ttl_seconds,
+            now_ms=self.runtime.jobs.now_ms(),
+        )
+
     def list(
         self, principal: Principal, *, email: str | None, limit: int, cursor: str | None
     ) -> dict[str, Any]:
-        """A page of generations, newest first, optionally of one end user."""
+        """A page of generations, newest first, optionally of one end user. Images are
+        listed as signed URLs, b64_json ones too: a page of inline images would be
+        unbounded."""
         ids, next_cursor = self.runtime.jobs.list_ids(
             principal.account, email, limit=limit, cursor=cursor
         )
         records = [r for r in (self.runtime.jobs.get(i) for i in ids) if r is not None]
-        return {"data": [self._view(r) for r in records], "nextCursor": next_cursor}
+        return {
+            "data": [self._view(r, inline=False) for r in records],
+            "nextCursor": next_cursor,
+        }
 
     def cancel(self, principal: Principal, job_id: str) -> dict[str, Any]:
         """Cancel a generation: a queued one is refunded in full; a processing one stops at

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(500, gt=0, description="POST /v1/generations per key.")
     read_rate_limit_per_minute: int = Field(6000, gt=0, description="Every other call, per key.")
     max_body_bytes: int = Field(1_000_000, gt=0)
+    b64_max_pixels: int = Field(
+        16_777_216,
+        gt=0,
+        description="responseFormat b64_json carries at most this many pixels in all (images x "
+        "width x height: one 4K image or four 2K squares); larger requests get 400.",
+    )
 
     allow_private_urls: bool = Field(
         False, description="Lets webhook and reference URLs use http and private hosts: tests only."
@@ -90,6 +96,12 @@ class Settings(BaseSettings):
     reference_max_pixels: int = Field(50_000_000, gt=0, description="Pixel-bomb guard.")
 
     webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="A b64_json webhook whose images would take its body past this carries "
+        "each image's signed url instead (GET still inlines them).",
+    )
     webhook_retry_seconds: int = Field(
         26 * 3600, gt=0, description="How long failed deliveries are retried before giving up."
     )

@@ -23,6 +23,7 @@ __all__ = [
     "Size",
     "parse_size",
     "resolve",
+    "largest_pixels",
     "size_class",
 ]
 
@@ -133,6 +134,16 @@ def resolve(
     # Compare on a log scale so 2:1 and 1:2 are equally far from square.
     target = math.log(reference_aspect)
     return min(shapes.values(), key=lambda wh: abs(math.log(wh[0] / wh[1]) - target))
+
+
+def largest_pixels(size: Size) -> int:
+    """The most pixels a parsed size can resolve to (a preset's largest shape), for bounds
+    that must hold before ``auto`` is resolved."""
+    if size.is_explicit:
+        assert size.width is not None and size.height is not None
+        return size.width * size.height
+    assert size.preset is not None
+    return max(width * height for width, height in PRESETS[size.preset].values())
 
 
 def size_class(width: int, height: int) -> str:

@@ -3,11 +3,18 @@
 Built in one place so the webhook body is byte-for-byte the shape a poll returns. Signed
 URLs are minted at read time with the fixed expiry ``finishedAt + URL lifetime``, so every
 read of a record shows the same ``expiresAt``.
+
+A ``b64_json`` record inlines its images (bounded at POST by ``XSD_B64_MAX_PIXELS``):
+:func:`stream_view` writes such a record one image at a time, so a poll holds one image in
+memory, not all of them. Where inlining does not fit (lists of records, a webhook past
+``XSD_WEBHOOK_MAX_BODY_BYTES``) the images are given as signed URLs instead.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +23,7 @@ from storage import ObjectStore, StorageError
 from .records import JobRecord
 from .states import JobStatus
 
-__all__ = ["iso_time", "public_status", "public_view", "image_id"]
+__all__ = ["iso_time", "public_status", "public_view", "stream_view", "image_id", "inlines"]
 
 
 def iso_time(ms: int) -> str:
@@ -41,6 +48,11 @@ def image_id(job_id: str, index: int) -> str:
     return f"img_{job_id.removeprefix('req_')}_{index}"
 
 
+def inlines(record: JobRecord) -> bool:
+    """Whether the record's images are given inline (``b64Json``) where that fits."""
+    return record.response_format == "b64_json"
+
+
 def public_view(
     record: JobRecord,
     *,
@@ -48,8 +60,10 @@ def public_view(
     base_url: str,
     ttl_seconds: int,
     now_ms: int,
+    inline: bool = True,
 ) -> dict[str, Any]:
-    """The record as the API shows it."""
+    """The record as the API shows it; ``inline=False`` gives a ``b64_json`` record's
+    images as signed URLs."""
     status = public_status(record, ttl_seconds=ttl_seconds, now_ms=now_ms)
     body: dict[str, Any] = {
         "requestId": record.id,
@@ -64,7 +78,9 @@ def public_view(
     if status is JobStatus.QUEUED:
         body["pollUrl"] = f"{base_url}/v1/generations/{record.id}"
     if status is JobStatus.SUCCEEDED:
-        body["images"] = _images(record, store=store, ttl_seconds=ttl_seconds)
+        body["images"] = list(
+            _images(record, store=store, ttl_seconds=ttl_seconds, inline=inline and inlines(record))
+        )
         body["cost"] = {"xTokens": record.cost}
     if status is JobStatus.FAILED and record.error:
         body["error"] = record.error
@@ -73,21 +89,45 @@ def public_view(
     return body
 
 
-def _images(record: JobRecord, *, store: ObjectStore, ttl_seconds: int) -> list[dict[str, Any]]:
+def stream_view(
+    record: JobRecord, *, store: ObjectStore, base_url: str, ttl_seconds: int, now_ms: int
+) -> Iterator[bytes]:
+    """The record as JSON bytes, its inline images read and encoded one at a time as the
+    response is written (the same content as :func:`public_view`, images last)."""
+    view = public_view(
+        record,
+        store=store,
+        base_url=base_url,
+        ttl_seconds=ttl_seconds,
+        now_ms=now_ms,
+        inline=False,
+    )
+    if "images" not in view:
+        yield json.dumps(view, separators=(",", ":")).encode()
+        return
+    del view["images"]
+    yield json.dumps(view, separators=(",", ":"))[:-1].encode() + b',"images":['
+    items = _images(record, store=store, ttl_seconds=ttl_seconds, inline=inlines(record))
+    for position, item in enumerate(items):
+        yield (b"," if position else b"") + json.dumps(item, separators=(",", ":")).encode()
+    yield b"]}"
+
+
+def _images(
+    record: JobRecord, *, store: ObjectStore, ttl_seconds: int, inline: bool
+) -> Iterator[dict[str, Any]]:
     assert record.finished_ms is not None
     expires_at = record.finished_ms // 1000 + ttl_seconds
     expires_iso = iso_time(expires_at * 1000)
-    items: list[dict[str, Any]] = []
     for image in record.images:
         item: dict[str, Any] = {"id": image_id(record.id, image.index), "expiresAt": expires_iso}
         if image.key is None:
             item["error"] = {"code": image.error or "storage_failed"}
-        elif record.response_format == "b64_json":
+        elif inline:
             try:
                 item["b64Json"] = base64.b64encode(store.get(image.key)).decode("ascii")
             except StorageError:
                 item["error"] = {"code": "storage_failed"}
         else:
             item["url"] = store.signed_url(image.key, expires_at=expires_at)
-        items.append(item)
-    return items
+        yield item

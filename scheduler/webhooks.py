@@ -15,6 +15,7 @@ import random
 from . import keys, metrics
 from .errors import FetchFailed, UnsafeURL
 from .netguard import post
+from .records import JobRecord
 from .runtime import Runtime
 from .signing import signature_headers
 from .views import public_view
@@ -22,6 +23,9 @@ from .views import public_view
 __all__ = ["deliver", "backoff_seconds", "render_body"]
 
 log = logging.getLogger(__name__)
+
+# Room for the record around its images (prompt, input, ids) when sizing a body.
+_ENVELOPE_BYTES = 64 * 1024
 
 
 def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
@@ -31,8 +35,20 @@ def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
     return delay * random.uniform(0.75, 1.0)
 
 
+def _inline_fits(record: JobRecord, limit: int) -> bool:
+    """Whether a b64_json record's images, base64-encoded, leave its body within ``limit``
+    (sizes unknown count as too large)."""
+    sizes = [image.size for image in record.images if image.key is not None]
+    if any(size is None for size in sizes):
+        return False
+    encoded = sum(4 * -(-size // 3) for size in sizes if size is not None)
+    return encoded + _ENVELOPE_BYTES <= limit
+
+
 def render_body(runtime: Runtime, job_id: str) -> bytes | None:
-    """The exact bytes a delivery of this job sends (None when there is nothing to send)."""
+    """The exact bytes a delivery of this job sends (None when there is nothing to send):
+    the record as GET shows it, except that inline images which would take the body past
+    ``XSD_WEBHOOK_MAX_BODY_BYTES`` are sent as signed URLs."""
     record = runtime.jobs.get(job_id)
     if record is None:
         return None
@@ -42,6 +58,7 @@ def render_body(runtime: Runtime, job_id: str) -> bytes | None:
         base_url=runtime.settings.base_url(),
         ttl_seconds=runtime.settings.url_ttl_seconds,
         now_ms=runtime.jobs.now_ms(),
+        inline=_inline_fits(record, runtime.settings.webhook_max_body_bytes),
     )
     return json.dumps(view, separators=(",", ":")).encode()
 

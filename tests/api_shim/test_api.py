@@ -287,3 +287,25 @@ def test_record_indexes_are_in_redis(api: Api) -> None:
     client = api.runtime.redis
     assert client.zscore(keys.ACTIVE, request_id) is not None
     assert client.zscore(keys.PURGE, request_id) is not None
+
+
+@pytest.mark.parametrize(
+    ("changes", "accepted"),
+    [
+        ({"n": 4}, True),  # four 2K squares: exactly the bound
+        ({"n": 5}, False),
+        ({"size": "4K"}, True),
+        ({"size": "4K", "n": 2}, False),
+        ({"size": "2560x1440", "sequential": "auto", "sequentialOptions": {"maxImages": 5}}, False),
+    ],
+)
+def test_b64_json_is_bounded_before_any_debit(api: Api, changes: dict, accepted: bool) -> None:
+    key = api.new_key()
+    response = api.post(key, {**VALID, "responseFormat": "b64_json", **changes})
+    if accepted:
+        assert response.status_code == 202, response.text
+        return
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "responseFormat" and "16,777,216 pixels" in error["message"]
+    assert api.balance(key) == 1000

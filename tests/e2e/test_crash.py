@@ -1,10 +1,11 @@
-"""A GPU worker SIGKILLed mid-job: the job still ends, and is charged exactly once."""
+"""Crashes and stops: a GPU worker SIGKILLed mid-job, a running job deleted, an enqueue lost."""
 
 from __future__ import annotations
 
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,55 @@ def test_drain_stops_consumption(crash_stack: Stack) -> None:
         worker.wait(timeout=30)
         stack.supervisor.spawn("gpu-worker")
         assert stack.wait(client, job["requestId"])["status"] == "succeeded"
+
+
+def test_deleting_a_running_job_stops_its_work_and_keeps_the_charge(crash_stack: Stack) -> None:
+    stack = crash_stack
+    key = stack.new_key()
+    generated = stack.metric("gpu-worker", "xsd_images_generated_total")
+    stopped = stack.metric("gpu-worker", "xsd_jobs_stopped_total")
+    with stack.client(key) as client:
+        job = client.create_generation(
+            endUserEmail="alice@your-product.com",
+            model="xSD4.5",
+            prompt="a harbour at night",
+            size="4K",
+            n=3,
+        )
+        wait_for_status(stack, key, job["requestId"], "processing")
+        deleted = client.delete_generation(job["requestId"])
+    assert deleted["refundedXTokens"] == 0, "a worker had claimed it"
+    assert stack.balance(key.account) == 970
+    deadline = time.monotonic() + 30
+    while stack.metric("gpu-worker", "xsd_jobs_stopped_total") == stopped:
+        assert time.monotonic() < deadline, "the worker never stopped the deleted job"
+        time.sleep(0.2)
+    assert stack.metric("gpu-worker", "xsd_images_generated_total") == generated
+    prefix = Path(stack.settings.objects_dir) / "images" / key.account / job["requestId"]
+    assert not prefix.exists(), "nothing of it was stored"
+
+
+def test_a_job_whose_enqueue_was_lost_still_runs(crash_stack: Stack, monkeypatch) -> None:
+    """The API died between the debit and the enqueue (here: the enqueue fails): the
+    client got its 202, and the outbox hands the job to the workers."""
+    import scheduler.service as service_module
+    from scheduler.records import JobInput
+    from scheduler.runtime import init
+    from scheduler.service import Service
+
+    stack = crash_stack
+    key = stack.new_key()
+
+    def broker_gone(job_id: str) -> None:
+        raise ConnectionError("the broker went away")
+
+    monkeypatch.setattr(service_module, "send_prepare", broker_gone)
+    service = Service(init(stack.settings))
+    principal = service.authenticate(f"Bearer {key.api_key}")
+    job = JobInput(model="xSD4.5", prompt="a lighthouse", end_user_email="alice@your-product.com")
+    view, _ = service.submit(principal, job, idempotency_key=None)
+    assert view["status"] == "queued"
+    with stack.client(key) as client:
+        record = stack.wait(client, view["requestId"], timeout=120)
+    assert record["status"] == "succeeded", record
+    assert stack.balance(key.account) == 990

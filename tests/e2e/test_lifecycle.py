@@ -76,11 +76,19 @@ def test_seed_reproduces_every_image(stack: Stack) -> None:
 
 
 def test_b64_json(stack: Stack) -> None:
-    record = submit(stack, stack.new_key(), responseFormat="b64_json", size="1664x2496")
+    key = stack.new_key()
+    record = submit(stack, key, responseFormat="b64_json", size="1664x2496")
     (image,) = record["images"]
     assert "url" not in image
     picture = Image.open(io.BytesIO(base64.b64decode(image["b64Json"])))
     assert picture.size == (1664, 2496)
+    headers = {"Authorization": f"Bearer {key.api_key}"}
+    url = f"{stack.base_url}/v1/generations/{record['requestId']}"
+    with httpx.stream("GET", url, headers=headers) as response:
+        assert response.headers.get("transfer-encoding") == "chunked", "streamed, not built"
+        assert json.loads(response.read()) == record
+    listed = httpx.get(f"{stack.base_url}/v1/generations", headers=headers).json()["data"]
+    assert "url" in listed[0]["images"][0], "a page of records lists URLs"
 
 
 def test_watermark_marks_the_corner(stack: Stack) -> None:

@@ -97,3 +97,46 @@ def test_backoff_doubles_to_a_cap() -> None:
     assert all(d <= 3600 for d in delays) and delays[-1] >= 2700
     # Retrying for 26 h at the cap takes at least 24 attempts past the ramp.
     assert sum(min(3600, 5 * 2**i) for i in range(40)) > 26 * 3600
+
+
+class CountingStore(LocalStore):
+    """A local store that counts reads, to see when a stream reads each image."""
+
+    reads = 0
+
+    def get(self, key: str) -> bytes:
+        self.reads += 1
+        return super().get(key)
+
+
+def test_a_b64_record_streams_one_image_at_a_time(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from scheduler.views import stream_view
+
+    counting = CountingStore(tmp_path, base_url="https://api.test", signing_key=b"k")
+    images = []
+    for index in range(3):
+        key = f"images/acme/r/{index}.png"
+        counting.put(key, bytes([index]) * 1000, content_type="image/png")
+        images.append(ImageResult(index=index, key=key, size=1000))
+    rec = record(
+        status=JobStatus.SUCCEEDED,
+        finished_ms=1_700_000_100_000,
+        images=(*images, ImageResult(index=3, error="storage_failed")),
+        cost=30,
+        input={"seed": 1, "responseFormat": "b64_json", "guidanceScale": 7.5, "watermark": False},
+    )
+    arguments = dict(store=counting, base_url="https://api.test", ttl_seconds=TTL, now_ms=1)
+    chunks = stream_view(rec, **arguments)
+    next(chunks)
+    assert counting.reads == 0, "the head is written before any image is read"
+    next(chunks)
+    assert counting.reads == 1
+    whole = json.loads(b"".join(stream_view(rec, **arguments)))
+    assert whole == public_view(rec, **arguments)
+    assert base64.b64decode(whole["images"][2]["b64Json"]) == bytes([2]) * 1000
+    assert whole["images"][3]["error"] == {"code": "storage_failed"}
+    listed = public_view(rec, **arguments, inline=False)
+    assert all("url" in item for item in listed["images"][:3]), "lists give URLs"

@@ -1,0 +1,60 @@
+"""Webhook bodies against real Redis and a local store: the record as GET shows it, with
+inline images only while the body stays small."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from scheduler.records import ImageResult
+from scheduler.runtime import Runtime, init
+from scheduler.settings import Settings
+from scheduler.webhooks import render_body
+
+from .factories import accept, job_record
+
+
+def runtime_with_limit(redis_url: str, tmp_path: Path, limit: int) -> Runtime:
+    rt = init(
+        Settings(
+            data_dir=tmp_path,
+            redis_url=redis_url,
+            api_key_pepper="p",
+            url_signing_key="k",
+            webhook_max_body_bytes=limit,
+        )
+    )
+    rt.accounts.ensure("acme")
+    rt.accounts.add_credits("acme", 100)
+    return rt
+
+
+@pytest.mark.parametrize(("limit", "inline"), [(4 * 1024 * 1024, True), (100_000, False)])
+def test_inline_images_only_while_the_body_is_small(
+    redis_url: str, tmp_path: Path, limit: int, inline: bool
+) -> None:
+    rt = runtime_with_limit(redis_url, tmp_path, limit)
+    record = job_record(
+        image_count=2,
+        created_ms=rt.jobs.now_ms(),
+        input={"seed": 1, "responseFormat": "b64_json", "guidanceScale": 7.5, "watermark": False},
+    )
+    accept(rt.jobs, record)
+    attempt = rt.jobs.claim(record.id, lease_ms=60_000).attempt
+    results = []
+    for index in range(2):
+        key = f"images/acme/{record.id}/{index}.png"
+        data = bytes([index]) * 30_000  # 80 KB of base64 for the two
+        rt.store.put(key, data, content_type="image/png")
+        results.append(ImageResult(index=index, key=key, size=len(data)))
+    assert rt.jobs.succeed(record, attempt, results, webhook_at_ms=None).ok
+    body = render_body(rt, record.id)
+    assert body is not None and len(body) <= limit
+    images = json.loads(body)["images"]
+    if inline:
+        assert base64.b64decode(images[1]["b64Json"]) == bytes([1]) * 30_000
+    else:
+        assert all("url" in image and "b64Json" not in image for image in images)

@@ -24,6 +24,7 @@ METRICS = {
     "xsd_batch_jobs_bucket",
     "xsd_batch_images_bucket",
     "xsd_images_generated_total",
+    "xsd_jobs_stopped_total",
     "xsd_denoise_step_seconds_bucket",
     "xsd_storage_upload_seconds_bucket",
     "xsd_storage_failures_total",

@@ -157,19 +157,22 @@ class ReferenceAttention:
         tokens: torch.Tensor,
         weights: torch.Tensor,
     ) -> torch.Tensor:
-        """``sum_r weight_r x mask_r x softmax(q k_r^T) v_r`` for ``query`` ``[n, h, N, d]``,
-        ``tokens`` ``[n, R, T, D]`` and ``weights`` ``[n, N or 1, R]``."""
+        """``sum_r weight_r x mask_r x attention(q, k_r, v_r)`` for ``query`` ``[n, h, N, d]``,
+        ``tokens`` ``[n, R, T, D]`` and ``weights`` ``[n, N or 1, R]``: each reference
+        through its own attention call, as diffusers' ``IPAdapterAttnProcessor2_0`` computes
+        a reference (the same kernel, so one reference gives its very bits). References do
+        not compete for attention, and each one's weight and mask apply to its own output."""
         rows, heads, _, head_dim = query.shape
-        slots, per_slot = tokens.shape[1], tokens.shape[2]
-        flat = tokens.flatten(1, 2)
-        key = self.to_k_ip(flat).view(rows, -1, heads, head_dim).transpose(1, 2)
-        value = self.to_v_ip(flat).view(rows, -1, heads, head_dim).transpose(1, 2)
-        scores = (query @ key.transpose(-1, -2)) * attn.scale  # [n, h, N, R*T]
-        # One softmax per reference: references do not compete for attention, and each
-        # one's weight and mask apply to its own output.
-        probs = scores.unflatten(-1, (slots, per_slot)).float().softmax(dim=-1)
-        probs = probs * weights.float()[:, None, :, :, None]
-        return probs.flatten(-2).to(value.dtype) @ value
+        total = None
+        for slot in range(tokens.shape[1]):
+            key = self.to_k_ip(tokens[:, slot]).view(rows, -1, heads, head_dim).transpose(1, 2)
+            value = self.to_v_ip(tokens[:, slot]).view(rows, -1, heads, head_dim).transpose(1, 2)
+            term = weights[:, None, :, slot, None] * F.scaled_dot_product_attention(
+                query, key, value
+            )
+            total = term if total is None else total + term
+        assert total is not None
+        return total
 
 
 def install_ip_adapter(

@@ -30,14 +30,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.embeddings import ImageProjection, IPAdapterPlusImageProjection
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from .errors import ModelUnavailable
 from .ip_adapter import AdapterLayers, cross_attention_layers
@@ -61,9 +60,6 @@ log = logging.getLogger(__name__)
 ADAPTER_DIR = "ip_adapter"
 ADAPTER_FILE = "ip-adapter_sdxl.safetensors"
 ENCODER_DIR = "image_encoder"
-# CLIP's image normalisation (what CLIPImageProcessor applies).
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Image tokens per reference of a plain (not Plus) IP-Adapter.
 _TOKENS = 4
 
@@ -88,6 +84,12 @@ class ReferenceModels(torch.nn.Module):
         self.image_encoder = image_encoder
         self.projection = projection
         self.layers = layers
+        # What diffusers' `load_ip_adapter` builds for an encoder without a preprocessor
+        # config, `CLIPImageProcessor(size=S, crop_size=S)`, in the PIL backend that name
+        # resolves to without torchvision (a torchvision install would switch it to other
+        # resize kernels; this one stays PIL's).
+        size = image_encoder.config.image_size
+        self.processor = CLIPImageProcessorPil(size=size, crop_size=size)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -100,24 +102,10 @@ class ReferenceModels(torch.nn.Module):
         return next(self.projection.parameters()).device
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """CLIP's preprocessing: shortest side to the encoder's size (bicubic), centre
-        crop, normalise; ``[R, 3, S, S]``."""
-        size = self.image_encoder.config.image_size
-        arrays = []
-        for image in images:
-            image = image.convert("RGB")
-            scale = size / min(image.size)
-            width, height = (
-                max(size, round(image.width * scale)),
-                max(size, round(image.height * scale)),
-            )
-            image = image.resize((width, height), Image.Resampling.BICUBIC)
-            left, top = (width - size) // 2, (height - size) // 2
-            arrays.append(np.asarray(image.crop((left, top, left + size, top + size))))
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
-        mean = torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(_CLIP_STD).view(1, 3, 1, 1)
-        return (pixels - mean) / std
+        """CLIP's preprocessing, exactly as diffusers' pipelines apply it: RGB (over white
+        where transparent), shortest side to the encoder's size (bicubic, truncated),
+        centre crop, normalise; ``[R, 3, S, S]``."""
+        return self.processor(list(images), return_tensors="pt").pixel_values
 
     def encode(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """Image tokens of each image and the unconditional tokens that go with them
@@ -133,7 +121,11 @@ class ReferenceModels(torch.nn.Module):
         else:
             embeds = self.image_encoder(pixels).image_embeds
             empty = torch.zeros_like(embeds)
-        return self.projection(embeds.to(self.dtype)), self.projection(empty.to(self.dtype))
+        # One projection call over both halves, unconditional first, as diffusers' UNet
+        # projects its classifier-free guidance batch: a call per half runs the matrix
+        # products at another batch size, whose kernels round the last bits differently.
+        uncond, cond = self.projection(torch.cat([empty, embeds]).to(self.dtype)).chunk(2)
+        return cond, uncond
 
 
 def read_adapter(path: Path) -> AdapterState:

@@ -15,8 +15,10 @@ at once, in chunks of samples whose pixels stay within those of the bucket pass.
 with SDXL's crop coordinates telling it where it sits in the image, and the predictions are
 blended with weights that fall off towards tile edges before the scheduler step
 (MultiDiffusion, Bar-Tal et al. 2023): memory is that of a bucket pass whatever the output
-size, and no seams show because every step averages the overlaps. The VAE encodes and
-decodes in tiles (diffusers' tiling), one image at a time.
+size, and no seams show because every step averages the overlaps. The refiner's VAE
+encodes and decodes run one image at a time, in tiles (diffusers' tiling); tiling is
+switched on only around them, since the VAE is the base pass's too, whose bucket images
+must decode exactly as diffusers' pipeline decodes them.
 
 Models smaller than SDXL (``tiny``) work at the output size scaled by their base
 resolution over SDXL's: the same arithmetic on proportionally smaller images, resized to
@@ -26,10 +28,12 @@ the exact output size at the end like every image.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from .sdxl import (
@@ -51,6 +55,7 @@ __all__ = [
     "TiledPredictor",
     "chunks",
     "tile_grid",
+    "vae_tiling",
 ]
 
 # The part of the schedule the refinement redraws: enough for detail at the new scale,
@@ -108,6 +113,20 @@ def _ramp(length: int, overlap: int) -> torch.Tensor:
     )
 
 
+@contextmanager
+def vae_tiling(vae: AutoencoderKL) -> Iterator[None]:
+    """Diffusers' VAE tiling, on for the block and back as it was afterwards. It engages
+    only above the VAE's own sample size, and tiles decode slightly differently from one
+    whole pass, so it stays off for the bucket images."""
+    was = vae.use_tiling
+    vae.enable_tiling()
+    try:
+        yield
+    finally:
+        if not was:
+            vae.disable_tiling()
+
+
 class Refiner:
     """Upscales and refines a batch's bucket images to one working size."""
 
@@ -117,8 +136,6 @@ class Refiner:
         # Tiles are bucket-sized: the UNet's native scale, and a bucket pass's memory.
         self.tile = base_resolution // pipeline.vae_scale
         self.overlap = self.tile // 4
-        # Diffusers' VAE tiling engages only above the VAE's own sample size.
-        pipeline.components.vae.enable_tiling()
 
     def working_size(self, width: int, height: int) -> tuple[int, int]:
         """The pixels an output of ``width x height`` is refined at: the output itself for
@@ -211,15 +228,17 @@ class Refiner:
             stopped=rows_stopped(samples, cancelled),
         )
         # 5. Decode (tiled by the VAE where large) to the output sizes.
-        return pipeline.decode(latents, sizes=outputs)
+        with vae_tiling(pipeline.components.vae):
+            return pipeline.decode(latents, sizes=outputs)
 
     def upscale(self, latents: torch.Tensor, *, width: int, height: int) -> torch.Tensor:
         """Bucket latents to the latents of their images upscaled to ``width x height``,
         one image at a time (the VAE's activations are the largest tensors here)."""
         upscaled = []
-        for sample_latents in latents:
-            pixels = resize_pixels(self.pipeline.decode_pixels(sample_latents), (width, height))
-            upscaled.append(self.pipeline.encode_pixels(pixels))
+        with vae_tiling(self.pipeline.components.vae):
+            for sample_latents in latents:
+                pixels = resize_pixels(self.pipeline.decode_pixels(sample_latents), (width, height))
+                upscaled.append(self.pipeline.encode_pixels(pixels))
         return torch.stack(upscaled)
 
     def tiled_predictor(self, shape: torch.Size, width: int, height: int) -> TiledPredictor:

@@ -68,7 +68,8 @@ def test_4k_outputs_have_exact_sizes(tiny: Generator, size: tuple[int, int]) -> 
 
 def test_4k_runs_the_unet_on_bucket_sized_tiles(tiny: Generator, monkeypatch) -> None:
     """Memory stays that of a bucket pass: no UNet call sees more than a tile, and the
-    VAE tiles its work."""
+    VAE tiles its work: the upscale's encodes and the refined images' decodes, one image
+    at a time (tiling is off again afterwards, for the bucket images)."""
     shapes: list[tuple[int, ...]] = []
     real = tiny.pipeline.predict_noise
 
@@ -76,13 +77,29 @@ def test_4k_runs_the_unet_on_bucket_sized_tiles(tiny: Generator, monkeypatch) ->
         shapes.append(tuple(latents.shape))
         return real(latents, timestep, cond)
 
+    vae = tiny.pipeline.components.vae
+    tiled: dict[str, list[tuple[int, ...]]] = {"encode": [], "decode": []}
+
+    def tiling_spy(kind: str, method):
+        def wrapper(x, *args, **kwargs):
+            tiled[kind].append(tuple(x.shape))
+            return method(x, *args, **kwargs)
+
+        return wrapper
+
     monkeypatch.setattr(tiny.pipeline, "predict_noise", spy)
+    monkeypatch.setattr(vae, "_tiled_encode", tiling_spy("encode", vae._tiled_encode))
+    monkeypatch.setattr(vae, "tiled_decode", tiling_spy("decode", vae.tiled_decode))
     tiny.generate(request(width=4096, height=4096, seeds=(1, 2)))
     tile = tiny.refiner.tile
     refine_calls = shapes[tiny.spec.steps :]
     assert len(refine_calls) > 4 and all(s[0] == 2 for s in refine_calls)
     assert max(max(s[-2:]) for s in shapes) <= tile
-    assert tiny.pipeline.components.vae.use_tiling
+    width, height = tiny.refiner.working_size(4096, 4096)
+    assert tiled["encode"] == [(1, 3, height, width)] * 2
+    scale = tiny.pipeline.vae_scale
+    assert tiled["decode"] == [(1, 4, height // scale, width // scale)] * 2
+    assert not vae.use_tiling
 
 
 def test_refinement_adds_detail_beyond_a_resize(tiny: Generator) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .buckets import bucket_for
 from .errors import InvalidImage, InvalidInput, ModelUnavailable, PipelineError, RequestCancelled
-from .images import decode_image, encode_png
+from .images import DecodeBudget, decode_image, encode_png
 from .prompts import LONGEST_TOKEN_BYTES, count_prompt_tokens, enumerate_items
 from .registry import ModelRegistry, ModelSpec
 from .request import GenerationRequest
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .generator import Generator, load_generator
 
 __all__ = [
+    "DecodeBudget",
     "GenerationRequest",
     "Generator",
     "InvalidImage",

@@ -1,39 +1,102 @@
-"""Image bytes in and out: references decoded under a pixel-bomb guard, PNGs encoded
-with provenance text."""
+"""Image bytes in and out: references decoded within a memory budget and reduced as they
+load, PNGs encoded with provenance text.
+
+A reference costs memory in proportion to its canvas, not its file: a 190 KB PNG of
+7000x7000 decodes to 196 MB. So :func:`decode_image` reads the canvas size from the header
+and refuses a pixel bomb before anything is allocated, has a JPEG decoded at the smallest
+DCT scale that still covers the target size, prices what the rest of the decode will hold
+(:func:`_decode_bytes`), waits for that much room in the process's :class:`DecodeBudget`,
+and gives it back once the image is reduced to the target size.
+"""
 
 from __future__ import annotations
 
 import io
+import threading
+import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin
 
 from .errors import InvalidImage
 
-__all__ = ["ACCEPTED_FORMATS", "decode_image", "encode_png"]
+__all__ = ["ACCEPTED_FORMATS", "DecodeBudget", "decode_image", "encode_png"]
 
 # Photographs and the usual web formats; the first frame of an animation.
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
 
+# Modes that are resampled as they are. A palette cannot be resampled, and alpha is dropped
+# as the RGB conversion always did, so every other mode becomes RGB at full size first.
+_RESAMPLED_AS_IS = frozenset({"RGB", "L"})
+# libwebp decodes into a canvas of its own and keeps the previous one, and Pillow copies
+# the frame out as bytes: three 4-byte buffers besides the raster (measured: one
+# 7000x7000 WebP peaks at 4.0 rasters, see benchmarks/references.py).
+_WEBP_BUFFER_BYTES = 12
+# Pillow's first resampling step reduces by a whole factor as long as the rest is at least
+# this many times the target (Image.thumbnail's default: close to fair resampling).
+_REDUCING_GAP = 2.0
+_MIB = 1024 * 1024
 
-def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode reference bytes to an RGB image, EXIF orientation applied.
 
-    The size is read from the header and checked before any pixel is decoded, so a small
-    file that claims a huge canvas (a pixel bomb) is refused without allocating it. Every
-    failure to decode is :class:`InvalidImage`.
+class DecodeBudget:
+    """Bytes of decoded images that the threads of one process may hold at once.
+
+    :func:`decode_image` holds its estimated cost from just before the pixels are decoded
+    until they are reduced, and waits while that would pass the limit. A waiting decode
+    does not hold back a smaller one that fits: one tenant's huge references queue behind
+    each other, not in front of everyone else's (under steady load a large one may wait
+    longer; the job's deadline bounds that).
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
-    except Image.UnidentifiedImageError as exc:
-        raise InvalidImage(
-            f"The data is not an image in {', '.join(sorted(ACCEPTED_FORMATS))}."
-        ) from exc
-    except Exception as exc:
-        raise _unreadable("The image could not be read", exc) from exc
+
+    def __init__(self, limit_bytes: int) -> None:
+        if limit_bytes < 1:
+            raise ValueError("A decode budget needs at least one byte.")
+        self.limit_bytes = limit_bytes
+        self._held = 0
+        self._changed = threading.Condition()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held now."""
+        return self._held
+
+    @contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        """Wait until ``nbytes`` more fit, and hold them for the ``with`` block."""
+        if not 0 <= nbytes <= self.limit_bytes:
+            raise ValueError(f"{nbytes} bytes can never fit a budget of {self.limit_bytes}.")
+        with self._changed:
+            self._changed.wait_for(lambda: self._held + nbytes <= self.limit_bytes)
+            self._held += nbytes
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._held -= nbytes
+                self._changed.notify_all()
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_side: int | None = None,
+    budget: DecodeBudget | None = None,
+) -> Image.Image:
+    """Decode reference bytes to an RGB image, EXIF orientation applied, its longer side
+    reduced to ``max_side`` when it is longer.
+
+    The canvas size is read from the header and checked against ``max_pixels`` before any
+    pixel is decoded. A JPEG is decoded at the smallest DCT scale (1/8 to 1) that covers
+    the target; other formats decode whole and are reduced at once, before the rotation
+    and the RGB conversion, so no full-size copy is made that is not needed. With a
+    ``budget``, the decode waits for room for its cost and holds it until the image is
+    reduced; an image that would need more than the whole budget is refused. Every failure
+    is :class:`InvalidImage`.
+    """
+    image = _open(data)
     width, height = image.size
     if width * height > max_pixels:
         raise InvalidImage(
@@ -41,12 +104,118 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             f"{max_pixels:,}."
         )
     try:
-        image.seek(0)
-        image.load()
-        oriented = ImageOps.exif_transpose(image)
-        return oriented.convert("RGB")
+        target = _fitted(image.size, max_side)
+        box = _draft(image, target)
+        cost = _decode_bytes(image, width * height)
     except Exception as exc:
+        raise _unreadable("The image could not be read", exc) from exc
+    if budget is None:
+        return _reduced(image, target, box)
+    if cost > budget.limit_bytes:
+        raise InvalidImage(
+            f"The image is {width}x{height} ({image.format}, {image.mode}): decoding it "
+            f"needs about {cost / _MIB:,.0f} MiB, more than the {budget.limit_bytes / _MIB:,.0f}"
+            " MiB allowed. Send fewer pixels, or a JPEG (decoded at a reduced scale)."
+        )
+    with budget.hold(cost):
+        return _reduced(image, target, box)
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
+            image.seek(0)
+    except Image.UnidentifiedImageError as exc:
+        raise InvalidImage(
+            f"The data is not an image in {', '.join(sorted(ACCEPTED_FORMATS))}."
+        ) from exc
+    except Exception as exc:
+        raise _unreadable("The image could not be read", exc) from exc
+    return image
+
+
+def _fitted(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """``size`` scaled so its longer side is ``max_side`` (the aspect ratio kept), or as
+    it is when it already fits. The box is square, so the EXIF rotation does not change
+    the answer."""
+    width, height = size
+    if max_side is None or max(width, height) <= max_side:
+        return size
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _draft(image: Image.Image, target: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """Have a JPEG decode at the smallest scale that still covers ``target``; the region
+    of the drafted image that holds the canvas (None for other formats)."""
+    if image.size == target:
+        return None
+    drafted = image.draft(None, target)
+    return drafted[1] if drafted else None
+
+
+def _decode_bytes(image: Image.Image, canvas_pixels: int) -> int:
+    """What decoding ``image`` (drafted) holds at once, in bytes: its raster, an RGB copy
+    when its mode is converted first, and the decoder's own buffers. The resize's
+    intermediate images, a fraction of the raster, are not counted."""
+    pixels = image.width * image.height
+    per_pixel = _raster_bytes(image.mode)
+    if image.mode not in _RESAMPLED_AS_IS:
+        per_pixel += _raster_bytes("RGB")
+    cost = pixels * per_pixel
+    if image.format == "WEBP":
+        cost += _WEBP_BUFFER_BYTES * pixels
+    elif isinstance(image, JpegImagePlugin.JpegImageFile) and image.info.get("progressive"):
+        cost += _coefficient_bytes(image, canvas_pixels)
+    return cost
+
+
+def _raster_bytes(mode: str) -> int:
+    """Bytes a pixel of a Pillow image in ``mode`` takes: one for bilevel, grey and palette
+    images, two for 16-bit grey, four for the rest (RGB is stored as RGBX)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def _coefficient_bytes(image: JpegImagePlugin.JpegImageFile, canvas_pixels: int) -> int:
+    """libjpeg keeps every DCT coefficient of a progressive JPEG (two bytes each) until its
+    last scan, at full size whatever the scale it decodes at: 3 bytes a pixel at 4:2:0,
+    6 at 4:4:4."""
+    sampling = [(h, v) for _, h, v, _ in image.layer]
+    h_max = max(h for h, _ in sampling)
+    v_max = max(v for _, v in sampling)
+    samples_per_pixel = sum(h * v for h, v in sampling) / (h_max * v_max)
+    return round(2 * samples_per_pixel * canvas_pixels)
+
+
+def _reduced(
+    image: Image.Image, target: tuple[int, int], box: tuple[float, float, float, float] | None
+) -> Image.Image:
+    """The decoded image at ``target`` size, oriented, in RGB: always a new image. The
+    source's raster is freed before this returns, also on failure, so that a failed decode
+    does not keep it alive in a traceback after its budget is given back."""
+    try:
+        return _load_and_reduce(image, target, box)
+    except Exception as exc:
+        traceback.clear_frames(exc.__traceback__)
         raise _unreadable("The image data is truncated or corrupt", exc) from exc
+    finally:
+        image.close()
+
+
+def _load_and_reduce(
+    image: Image.Image, target: tuple[int, int], box: tuple[float, float, float, float] | None
+) -> Image.Image:
+    image.load()
+    if image.mode not in _RESAMPLED_AS_IS:
+        image = image.convert("RGB")
+    if image.size != target:
+        image = image.resize(target, Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP)
+    image = ImageOps.exif_transpose(image)  # a new image, rotated or not
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _unreadable(what: str, exc: Exception) -> InvalidImage:

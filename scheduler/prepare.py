@@ -1,7 +1,8 @@
 """The prepare stage (CPU queue): moderation, reference fetching, final size, routing.
 
 Runs before any GPU time is spent. References are fetched through the SSRF guard, decoded
-with the pixel-bomb guard, normalised to PNG and kept in the object store, where the GPU
+with the pixel-bomb guard within the process's decode budget, reduced to
+``REFERENCE_MAX_SIDE``, normalised to PNG and kept in the object store, where the GPU
 worker reads them; a reference that cannot be used fails the job with a refund.
 """
 
@@ -49,11 +50,14 @@ def _load_reference(runtime: Runtime, index: int, url: str) -> Image.Image:
             max_bytes=settings.reference_max_bytes,
             timeout=settings.reference_timeout_seconds,
         )
-        image = decode_image(fetched.data, max_pixels=settings.reference_max_pixels)
+        return decode_image(
+            fetched.data,
+            max_pixels=settings.reference_max_pixels,
+            max_side=REFERENCE_MAX_SIDE,
+            budget=runtime.decode_budget,
+        )
     except (UnsafeURL, FetchFailed, InvalidImage) as exc:
         raise _ReferenceError(f"Reference {index + 1} ({url}) could not be used: {exc}") from exc
-    image.thumbnail((REFERENCE_MAX_SIDE, REFERENCE_MAX_SIDE), Image.Resampling.LANCZOS)
-    return image
 
 
 def prepare(runtime: Runtime, job_id: str) -> None:

@@ -7,12 +7,12 @@ bodies reach it through :func:`current`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import redis
 
-from pipeline import ModelRegistry
+from pipeline import DecodeBudget, ModelRegistry
 from storage import ObjectStore
 
 from .accounts import Accounts
@@ -48,6 +48,12 @@ class Runtime:
 
     settings: Settings
     redis_url: str
+    # Built with the runtime rather than on first use, so concurrent first decodes cannot
+    # each make a budget of their own.
+    decode_budget: DecodeBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decode_budget = DecodeBudget(self.settings.reference_decode_budget_bytes)
 
     @cached_property
     def redis(self) -> redis.Redis:

@@ -93,7 +93,22 @@ class Settings(BaseSettings):
     )
     reference_max_bytes: int = Field(10 * 1024 * 1024, gt=0)
     reference_timeout_seconds: float = Field(15.0, gt=0)
-    reference_max_pixels: int = Field(50_000_000, gt=0, description="Pixel-bomb guard.")
+    reference_max_pixels: int = Field(
+        50_000_000, gt=0, description="Pixel-bomb guard: the largest canvas a header may claim."
+    )
+    reference_decode_budget_bytes: int = Field(
+        256 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Memory that decoding references may hold at once in one process (all threads); "
+            "decodes wait for room, and an image whose decode needs more is refused. A "
+            "decode's cost is its raster at the scale it decodes at (JPEG 1/8 to 1, others "
+            "full size), 1-4 bytes a pixel, twice when its mode is converted first, plus "
+            "the decoder's buffers (WebP: 12 bytes a pixel, progressive JPEG: its DCT "
+            "coefficients). The default fits the chart's 1 GiB CPU worker and decodes a "
+            "50 MP RGB PNG; a 4000x4000 WebP is about the largest WebP it admits."
+        ),
+    )
 
     webhook_timeout_seconds: float = Field(10.0, gt=0)
     webhook_max_body_bytes: int = Field(

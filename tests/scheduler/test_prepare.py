@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import pytest
+from PIL import Image
 
 from scheduler.prepare import prepare
 from scheduler.runtime import Runtime, init
@@ -16,20 +19,25 @@ from tests.fixtures.receivers import ImageHost, png_bytes
 from .factories import accept, job_record
 
 
-@pytest.fixture
-def runtime(redis_url: str, tmp_path: Path) -> Runtime:
+def make_runtime(redis_url: str, data_dir: Path, **settings: Any) -> Runtime:
     rt = init(
         Settings(
-            data_dir=tmp_path,
+            data_dir=data_dir,
             redis_url=redis_url,
             api_key_pepper="p",
             url_signing_key="k",
             allow_private_urls=True,  # the image host is http on loopback
+            **settings,
         )
     )
     rt.accounts.ensure("acme")
     rt.accounts.add_credits("acme", 1000)
     return rt
+
+
+@pytest.fixture
+def runtime(redis_url: str, tmp_path: Path) -> Runtime:
+    return make_runtime(redis_url, tmp_path)
 
 
 def queue(rt: Runtime, *references: str) -> str:
@@ -61,4 +69,32 @@ def test_undecodable_reference_fails_the_job_and_refunds(
     assert record.error is not None and record.error["code"] == "validation_error"
     assert record.error["message"].startswith(f"Reference 2 ({bad}) could not be used:")
     assert "ValueError" in record.error["message"]
+    assert runtime.accounts.info("acme")["balance"] == 1000
+
+
+def test_references_are_reduced_to_the_adapters_size(
+    runtime: Runtime, image_host: ImageHost
+) -> None:
+    photo = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (90, 20, 200)).save(photo, format="JPEG")
+    job_id = queue(runtime, image_host.add_image("/photo.jpg", photo.getvalue(), "image/jpeg"))
+    prepare(runtime, job_id)
+    record = runtime.jobs.get(job_id)
+    assert record is not None and record.status is JobStatus.QUEUED, record
+    (key,) = record.reference_keys
+    assert Image.open(io.BytesIO(runtime.store.get(key))).size == (1024, 683)
+    assert runtime.decode_budget.held_bytes == 0
+
+
+def test_reference_over_the_decode_budget_fails_the_job_and_refunds(
+    redis_url: str, tmp_path: Path, image_host: ImageHost
+) -> None:
+    runtime = make_runtime(redis_url, tmp_path, reference_decode_budget_bytes=8 * 1024 * 1024)
+    big = image_host.add_image("/big.png", png_bytes(2000, 2000))  # 16 MB decoded
+    job_id = queue(runtime, big)
+    prepare(runtime, job_id)
+    record = runtime.jobs.get(job_id)
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.error is not None and record.error["code"] == "validation_error"
+    assert "needs about 15 MiB, more than the 8 MiB allowed" in record.error["message"]
     assert runtime.accounts.info("acme")["balance"] == 1000

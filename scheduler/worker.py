@@ -8,6 +8,7 @@ import sys
 from celery.signals import worker_ready
 
 from . import health, metrics
+from .allocator import return_large_frees
 from .celery_app import CPU_QUEUE, app, gpu_queues
 from .runtime import Runtime, init
 from .settings import Settings
@@ -82,6 +83,9 @@ def run_worker(
         # celery-batches only sees prefetched messages: the prefetch must exceed a batch.
         argv += ["--prefetch-multiplier", str(settings.batch_max_jobs * 2)]
     else:
+        # Threads decode references here; the budget bounds what they hold, this what the
+        # process keeps once they are done.
+        return_large_frees()
         argv += ["--concurrency", str(concurrency or 8)]
     if hostname:
         argv += ["--hostname", hostname]

@@ -106,7 +106,7 @@ def decode_image(
     try:
         target = _fitted(image.size, max_side)
         box = _draft(image, target)
-        cost = _decode_bytes(image, width * height)
+        cost = _decode_bytes(image, width * height, target)
     except Exception as exc:
         raise _unreadable("The image could not be read", exc) from exc
     if budget is None:
@@ -156,20 +156,34 @@ def _draft(image: Image.Image, target: tuple[int, int]) -> tuple[float, float, f
     return drafted[1] if drafted else None
 
 
-def _decode_bytes(image: Image.Image, canvas_pixels: int) -> int:
+def _decode_bytes(image: Image.Image, canvas_pixels: int, target: tuple[int, int]) -> int:
     """What decoding ``image`` (drafted) holds at once, in bytes: its raster, an RGB copy
-    when its mode is converted first, and the decoder's own buffers. The resize's
-    intermediate images, a fraction of the raster, are not counted."""
+    when its mode is converted first, the resize's intermediate images, and the decoder's
+    own buffers."""
     pixels = image.width * image.height
     per_pixel = _raster_bytes(image.mode)
     if image.mode not in _RESAMPLED_AS_IS:
         per_pixel += _raster_bytes("RGB")
-    cost = pixels * per_pixel
+    cost = pixels * per_pixel + _resize_bytes(image.size, target)
     if image.format == "WEBP":
         cost += _WEBP_BUFFER_BYTES * pixels
     elif isinstance(image, JpegImagePlugin.JpegImageFile) and image.info.get("progressive"):
         cost += _coefficient_bytes(image, canvas_pixels)
     return cost
+
+
+def _resize_bytes(size: tuple[int, int], target: tuple[int, int]) -> int:
+    """The images Pillow's resize holds besides its source: with a reducing gap it first
+    reduces by a whole factor per axis, then resamples horizontally into a second image,
+    then vertically into the result (which outlives the decode)."""
+    if size == target:
+        return 0
+    (width, height), (target_width, target_height) = size, target
+    factor_x = int(width / target_width / _REDUCING_GAP) or 1
+    factor_y = int(height / target_height / _REDUCING_GAP) or 1
+    reduced_width, reduced_height = -(-width // factor_x), -(-height // factor_y)
+    reduced = reduced_width * reduced_height if factor_x * factor_y > 1 else 0
+    return _raster_bytes("RGB") * (reduced + target_width * reduced_height)
 
 
 def _raster_bytes(mode: str) -> int:

@@ -23,8 +23,9 @@ Cases (at ``--side`` 7000):
 - ``jpeg-7000``: a 7000x7000 baseline JPEG (4:2:0), which libjpeg can scale on load.
 - ``jpeg-7000-progressive``: the same, progressive: libjpeg keeps every DCT coefficient
   of a progressive file at full size, whatever the scale it decodes at.
-- ``webp-4000``: a 4000x4000 lossless WebP: libwebp decodes the whole canvas (twice) and
-  Pillow copies the frame out, about four rasters at once.
+- ``webp-3800``: a 3800x3800 lossless WebP: libwebp decodes the whole canvas (twice) and
+  Pillow copies the frame out, about four rasters at once (near the largest WebP the
+  default decode budget admits).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ CASES: dict[str, tuple[float, Callable[[Image.Image], bytes]]] = {
     "png-7000-truncated": (1.0, lambda im: _encoded(im, "PNG", optimize=True)[:-2000]),
     "jpeg-7000": (1.0, lambda im: _encoded(im, "JPEG", quality=85)),
     "jpeg-7000-progressive": (1.0, lambda im: _encoded(im, "JPEG", quality=85, progressive=True)),
-    "webp-4000": (4 / 7, lambda im: _encoded(im, "WEBP", lossless=True)),
+    "webp-3800": (38 / 70, lambda im: _encoded(im, "WEBP", lossless=True)),
 }
 
 

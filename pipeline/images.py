@@ -115,7 +115,7 @@ def decode_image(
         raise InvalidImage(
             f"The image is {width}x{height} ({image.format}, {image.mode}): decoding it "
             f"needs about {cost / _MIB:,.0f} MiB, more than the {budget.limit_bytes / _MIB:,.0f}"
-            " MiB allowed. Send fewer pixels, or a JPEG (decoded at a reduced scale)."
+            " MiB allowed. Send a smaller image."
         )
     with budget.hold(cost):
         return _reduced(image, target, box)

@@ -8,12 +8,14 @@ at once in a thread pool (the worker's ``--concurrency`` 8), each fetching and d
 its ``--refs`` references with ``scheduler.prepare._fetch_all`` (4 fetch threads a job).
 Storing the reduced references is left out: it needs Redis and costs little.
 
-For each case it reports the subprocess's peak resident set size (``ru_maxrss``, read by
-the parent with ``os.wait4``, so it is there even for a killed child) and its baseline
-after imports, the wall time of the decoding, and how many jobs got their references and
-how many were refused (with the first message). A child whose RSS passes
-``--rss-cap-mib`` is killed (the old code can want ~19 GB); its peak is then reported as
-at least the cap.
+For each case it reports the subprocess's peak resident set size and its baseline after
+imports, the wall time of the decoding, and how many jobs got their references and how
+many were refused (with the first message). The peak is ``VmHWM`` from
+``/proc/self/status``, the high-water mark of the subprocess's own memory. Its
+``ru_maxrss`` is the same figure only when the parent is smaller: Linux carries a
+process's peak over into the ``ru_maxrss`` of the programs it starts, so under pytest with
+torch loaded every case read 1034 MiB. A child whose RSS passes ``--rss-cap-mib`` is killed
+(the old code can want ~19 GB); its peak is then reported as at least the cap.
 
 Cases (at ``--side`` 7000):
 
@@ -36,7 +38,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import signal
 import subprocess
 import sys
@@ -101,6 +102,12 @@ def _serve(files: dict[str, bytes]) -> ThreadingHTTPServer:
     return server
 
 
+def _high_water_mib() -> int:
+    """This process's peak RSS so far (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return round(int(status.split("VmHWM:")[1].split()[0]) / 1024)
+
+
 def _tune_allocator() -> bool:
     """What the CPU worker does at start (``scheduler.worker.run_worker``); code from before
     issue 8 has no such step."""
@@ -121,9 +128,8 @@ def _child(url: str, jobs: int, refs: int, *, plain_allocator: bool) -> dict[str
     from scheduler.settings import Settings
     from scheduler.states import JobStatus
 
-    data_dir = Path(tempfile.mkdtemp(prefix="xsd-refbench-"))
     settings = Settings(
-        data_dir=data_dir,
+        data_dir=Path(tempfile.gettempdir()) / "xsd-refbench",  # nothing is written there
         redis_url="redis://127.0.0.1:9/0",  # never contacted: fetching needs no Redis
         allow_private_urls=True,
         api_key_pepper="bench",
@@ -154,14 +160,15 @@ def _child(url: str, jobs: int, refs: int, *, plain_allocator: bool) -> dict[str
             return f"{type(exc).__name__}: {exc}"
         return None
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = _high_water_mib()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         outcomes = list(pool.map(prepare_one, range(jobs)))
     errors = [error for error in outcomes if error]
     return {
         "seconds": round(time.perf_counter() - started, 2),
-        "baseline_rss_mib": round(baseline / 1024),
+        "peak_rss_mib": _high_water_mib(),
+        "baseline_rss_mib": baseline,
         "allocator_tuned": allocator_tuned,
         "jobs_prepared": len(outcomes) - len(errors),
         "jobs_refused": len(errors),
@@ -194,19 +201,13 @@ def _run_case(
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    assert child.stdout is not None
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    output, _ = child.communicate()
     watcher.join()
-    figures: dict[str, Any] = {"peak_rss_mib": round(usage.ru_maxrss / 1024)}
     if killed.is_set():
-        figures["killed_at_cap"] = True
-    elif child.returncode == 0:
-        figures.update(json.loads(output))
-    else:
-        figures["exit_code"] = child.returncode
-    return figures
+        return {"peak_rss_mib": cap_mib, "killed_at_cap": True}
+    if child.returncode != 0:
+        return {"exit_code": child.returncode}
+    return json.loads(output)
 
 
 def _code_version() -> str:
@@ -220,29 +221,17 @@ def _code_version() -> str:
     return head + (" (modified)" if dirty.stdout.strip() else "")
 
 
-def _craft(directory: Path, cases: list[str], side: int) -> None:
-    """In a subprocess: write each case's file and its size (``NAME``, ``NAME.size``)."""
-    for name in cases:
-        scale, encode = CASES[name]
-        canvas = _canvas(max(1, round(side * scale)))
-        (directory / name).write_bytes(encode(canvas))
-        (directory / f"{name}.size").write_text(f"{canvas.width}x{canvas.height}")
-
-
 def run(
     cases: list[str], *, side: int, jobs: int, refs: int, cap_mib: int, plain_allocator: bool
 ) -> dict[str, Any]:
-    """Craft, serve and measure every case; the figures as a JSON-ready dict.
-
-    The canvases are drawn in a subprocess: Linux carries a process's peak RSS over into
-    the ``ru_maxrss`` of the children it starts, so the measuring parent must stay small.
-    """
-    with tempfile.TemporaryDirectory(prefix="xsd-refbench-") as scratch:
-        directory = Path(scratch)
-        craft = [sys.executable, "-m", "benchmarks.references", "--craft", scratch]
-        subprocess.run([*craft, "--cases", ",".join(cases), "--side", str(side)], check=True)
-        files = {name: (directory / name).read_bytes() for name in cases}
-        sizes = {name: (directory / f"{name}.size").read_text() for name in cases}
+    """Craft, serve and measure every case; the figures as a JSON-ready dict."""
+    files: dict[str, bytes] = {}
+    sizes: dict[str, str] = {}
+    for name in cases:
+        scale, encode = CASES[name]
+        canvas = _canvas(max(1, round(side * scale)))
+        files[name] = encode(canvas)
+        sizes[name] = f"{canvas.width}x{canvas.height}"
     server = _serve(files)
     base = f"http://127.0.0.1:{server.server_address[1]}"
     results = []
@@ -268,7 +257,6 @@ def run(
             "pillow": Image.__version__,
             "cpu_count": os.cpu_count(),
             "code": _code_version(),
-            "parent_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         },
         "settings": {
             "jobs": jobs,
@@ -314,7 +302,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--json", type=Path, default=None, help="Write the figures here.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--craft", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         figures = _child(args.child, args.jobs, args.refs, plain_allocator=args.plain_allocator)
@@ -324,9 +311,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(cases) - set(CASES))
     if unknown or args.jobs < 1 or args.refs < 1 or args.side < 1:
         parser.error(f"Unknown cases {unknown} or a count below 1.")
-    if args.craft:
-        _craft(args.craft, cases, args.side)
-        return {}
     figures = run(
         cases,
         side=args.side,

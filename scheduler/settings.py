@@ -106,7 +106,7 @@ class Settings(BaseSettings):
             "full size), 1-4 bytes a pixel, twice when its mode is converted first, plus "
             "the decoder's buffers (WebP: 12 bytes a pixel, progressive JPEG: its DCT "
             "coefficients). The default fits the chart's 1 GiB CPU worker and decodes a "
-            "50 MP RGB PNG; a 3900x3900 WebP is about the largest WebP it admits."
+            "50 MP RGB PNG; the largest WebP it admits is about 3950x3950."
         ),
     )
 

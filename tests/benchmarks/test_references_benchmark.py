@@ -21,13 +21,13 @@ def test_every_case_is_measured(tmp_path) -> None:
         "rss_cap_mib": 8192,
         "plain_allocator": False,
     }
-    assert figures["machine"]["parent_peak_rss_mib"] < 200
     cases = {case["case"]: case for case in figures["cases"]}
     assert list(cases) == list(CASES)
     for name, case in cases.items():
         assert case["allocator_tuned"] is True
         assert case["jobs_prepared"] + case["jobs_refused"] == 2
-        assert case["peak_rss_mib"] >= case["baseline_rss_mib"] > 0
+        # Small canvases: the subprocess's own peak, not pytest's (torch may be loaded).
+        assert case["baseline_rss_mib"] <= case["peak_rss_mib"] < 400
         assert case["file_bytes"] > 0 and case["seconds"] > 0
         if name.endswith("truncated"):
             assert case["jobs_refused"] == 2 and "truncated" in case["first_error"]

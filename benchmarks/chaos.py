@@ -11,8 +11,8 @@ workers on ``tiny`` and the beat under the product's supervisor), and drives a m
 - ``baseline``: no fault.
 - ``gpu-kill``: SIGKILL of the busier GPU worker while jobs are processing, three times,
   restarted each time.
-- ``gpu-freeze``: SIGSTOP of the busier GPU worker for three leases, then SIGCONT: its
-  stale attempts must not finish jobs the other worker took over.
+- ``gpu-freeze``: SIGSTOP of the busier GPU worker until the other worker has taken over
+  its jobs (past the lease), then SIGCONT: its stale attempts must not finish them.
 - ``redis-restart``: Redis stopped with SIGTERM mid-run and started again on its port.
 - ``redis-kill``: Redis SIGKILLed mid-run and started again from its AOF; a probe counts
   the acknowledged writes the AOF lost.
@@ -74,6 +74,7 @@ class Plan:
     outage_seconds: float = 60.0
     redis_down_seconds: float = 5.0
     gpu_kills: int = 3
+    freeze_max_seconds: float = 180.0
     settle_seconds: float = 420.0
     max_n: int = 4
     allow_4k: bool = True
@@ -153,12 +154,24 @@ def _gpu_freeze(ctx: Context) -> dict[str, Any]:
         return {}
     name = ctx.pool.busiest_gpu_worker()
     held = {j: o.attempt for j, o in ctx.monitor.latest().items() if o.status == "processing"}
-    freeze = 3 * ctx.pool.timings.lease_seconds
     ctx.pool.signal(name, signal.SIGSTOP)
-    ctx.event(f"SIGSTOP {name} for {freeze} s ({len(held)} jobs processing)")
-    time.sleep(freeze)
+    ctx.event(f"SIGSTOP {name} ({len(held)} jobs processing)")
+
+    def taken_over() -> bool:
+        # The frozen worker's jobs can only move on under a new attempt; the other
+        # worker's simply end.
+        latest = ctx.monitor.latest()
+        return all(
+            latest[j].status in TERMINAL or latest[j].attempt != attempt
+            for j, attempt in held.items()
+        )
+
+    # Past the lease at least; then until the other worker has taken over every frozen
+    # job (its re-dispatched message queues behind the backlog), within a bound.
+    time.sleep(ctx.pool.timings.lease_seconds)
+    done = wait_until(taken_over, timeout=ctx.plan.freeze_max_seconds)
     ctx.pool.signal(name, signal.SIGCONT)
-    ctx.event(f"SIGCONT {name}")
+    ctx.event(f"SIGCONT {name}" + ("" if done else ": not every job was taken over"))
     return {"frozen_worker": name, "processing_at_freeze": held}
 
 
@@ -284,6 +297,22 @@ def _webhooks_settled(ctx: Context, names: set[str]) -> bool:
     )
 
 
+def _frozen_jobs(pool: ChaosPool, worker: str, held: dict[str, str]) -> dict[str, Any]:
+    """How each job processing at the freeze ended, and whether the frozen worker, once
+    resumed, was told its attempt was stale (its lease renewal refused)."""
+    log = pool.log_text(worker)
+    after = {}
+    for job_id, attempt in held.items():
+        status, final = pool.redis().hmget(keys.job(job_id), "status", "attempt")
+        after[job_id] = {
+            "status": status,
+            "attempt_at_freeze": attempt,
+            "final_attempt": final,
+            "stale_attempt_refused": f"lost the lease on {job_id} (attempt {attempt})" in log,
+        }
+    return after
+
+
 def run_scenario(pool: ChaosPool, name: str, plan: Plan, *, seed: int) -> dict[str, Any]:
     """One scenario on a running pool, with fresh accounts."""
     print(f"scenario {name}", file=sys.stderr, flush=True)
@@ -334,10 +363,7 @@ def run_scenario(pool: ChaosPool, name: str, plan: Plan, *, seed: int) -> dict[s
     )
     held = extra.get("processing_at_freeze", {})
     if held:
-        client = pool.redis()
-        extra["frozen_jobs_after"] = {
-            job_id: client.hmget(keys.job(job_id), "status", "attempt") for job_id in held
-        }
+        extra["frozen_jobs_after"] = _frozen_jobs(pool, extra["frozen_worker"], held)
     return {**figures, **extra, "events": ctx.events}
 
 

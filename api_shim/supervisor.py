@@ -51,6 +51,9 @@ class Supervisor:
     env: dict[str, str] = field(default_factory=dict)
     # When set, each child writes to <log_dir>/<name>.log instead of this terminal.
     log_dir: Path | None = None
+    # More than one runs ``gpu-worker-1``, ``gpu-worker-2``, ... with distinct Celery
+    # hostnames (fault-injection runs need two to take over each other's jobs).
+    gpu_workers: int = 1
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -70,10 +73,16 @@ class Supervisor:
 
     def commands(self) -> dict[str, list[str]]:
         """Each child's ``xsd`` arguments, by name."""
+        gpu = {"gpu-worker": "gpu"}
+        if self.gpu_workers > 1:
+            gpu = {f"gpu-worker-{i}": f"gpu{i}" for i in range(1, self.gpu_workers + 1)}
         return {
             "api": ["api", "--host", self.host, "--port", str(self.port)],
             "cpu-worker": ["worker", "--queues", "cpu", "--hostname", "cpu@%h"],
-            "gpu-worker": ["worker", "--queues", "gpu", "--hostname", "gpu@%h"],
+            **{
+                name: ["worker", "--queues", "gpu", "--hostname", f"{host}@%h"]
+                for name, host in gpu.items()
+            },
             "beat": ["beat"],
         }
 

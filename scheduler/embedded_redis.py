@@ -80,18 +80,25 @@ def find_running(directory: Path) -> str | None:
 
 
 class EmbeddedRedis:
-    """One redis-server process owned by this object."""
+    """One redis-server process owned by this object.
+
+    Started again after :meth:`stop` (or after the process died), it keeps its port and
+    password and reloads its AOF, so clients holding the URL reconnect to the same data.
+    """
 
     def __init__(self, directory: Path, *, persistent: bool = True) -> None:
         self.directory = directory
         self.persistent = persistent
         self.url: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._endpoint: tuple[int, str] | None = None
 
     def start(self, *, timeout: float = 15.0) -> str:
         """Start the server and wait until it answers; returns its URL."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        port, password = free_port(), secrets.token_hex(16)
+        if self._endpoint is None:
+            self._endpoint = free_port(), secrets.token_hex(16)
+        port, password = self._endpoint
         # The password reaches redis-server through its stdin config, not argv, so other
         # local users cannot read it from the process list.
         config = "\n".join(
@@ -101,6 +108,12 @@ class EmbeddedRedis:
                 f"dir {self.directory.resolve()}",
                 f"requirepass {password}",
                 f"appendonly {'yes' if self.persistent else 'no'}",
+                # Redis's default, stated: the AOF is write()n before replies go out and
+                # fsynced once a second. A killed server loses no acknowledged write; a
+                # crashed machine loses about the last second. While a slow disk is still
+                # syncing, Redis postpones the write() for up to 2 s and replies anyway
+                # (INFO's aof_delayed_fsync counts the times it gave up waiting).
+                "appendfsync everysec",
                 'save ""',
                 "logfile redis.log",
                 "daemonize no",

@@ -408,7 +408,8 @@ def _bounds(report: dict[str, Any]) -> str:
     return (
         f"Bounds: lease {timings['lease_seconds']} s, tick {timings['tick_seconds']} s, "
         f"broker visibility {timings['broker_visibility_timeout']} s, job timeout "
-        f"{timings['job_timeout_seconds']} s, webhook backoff "
+        f"{timings['job_timeout_seconds']} s, outbox grace {timings['dispatch_grace_seconds']} s "
+        f"and retry {timings['dispatch_retry_seconds']} s, webhook backoff "
         f"{timings['webhook_backoff_base_seconds']}-{timings['webhook_backoff_max_seconds']} s; "
         f"each scenario's jobs get {plan['settle_seconds']:.0f} s after the fault and the last "
         f"POST to end. {plan['jobs']} jobs per scenario, pool {report['pool']}.\n"

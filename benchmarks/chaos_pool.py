@@ -57,6 +57,10 @@ class Timings:
     job_timeout_seconds: int = 1200
     webhook_backoff_base_seconds: float = 0.3
     webhook_backoff_max_seconds: float = 2.0
+    # The outbox: a job the API did not enqueue is sent after the grace; one no worker
+    # claimed is sent again after the retry period, then twice as long, and so on.
+    dispatch_grace_seconds: float = 2.0
+    dispatch_retry_seconds: float = 60.0
 
     def env(self) -> dict[str, str]:
         """The ``XSD_*`` variables."""
@@ -67,6 +71,8 @@ class Timings:
             "XSD_JOB_TIMEOUT_SECONDS": str(self.job_timeout_seconds),
             "XSD_WEBHOOK_BACKOFF_BASE_SECONDS": str(self.webhook_backoff_base_seconds),
             "XSD_WEBHOOK_BACKOFF_MAX_SECONDS": str(self.webhook_backoff_max_seconds),
+            "XSD_DISPATCH_GRACE_SECONDS": str(self.dispatch_grace_seconds),
+            "XSD_DISPATCH_RETRY_SECONDS": str(self.dispatch_retry_seconds),
         }
 
 

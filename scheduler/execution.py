@@ -141,10 +141,12 @@ class LeaseKeeper:
         for job_id, attempt in held.items():
             try:
                 if not self._jobs.renew(job_id, attempt, lease_ms=self._lease_ms):
+                    with self._lock:
+                        if self._held.get(job_id) != attempt:
+                            continue  # finished and released meanwhile: nothing lost
+                        self._lost.add(job_id)
                     # Taken over (we were too slow) or gone: our result is stale.
                     log.warning("lost the lease on %s (attempt %d)", job_id, attempt)
-                    with self._lock:
-                        self._lost.add(job_id)
             except Exception:  # a Redis blip: the next round retries before expiry
                 log.warning("could not renew the lease on %s", job_id, exc_info=True)
 
@@ -370,15 +372,7 @@ def run_batch(runtime: Runtime, job_ids: Sequence[str]) -> None:
             _run_model(runtime, state, model, jobs)
     except Exception:
         log.exception("a batch of %d jobs failed", len(claimed))
-        for job in claimed:
-            if not job.settled:
-                _fail(
-                    runtime,
-                    state,
-                    job,
-                    JobErrorCode.INTERNAL_ERROR,
-                    "The worker failed while generating; the request was refunded.",
-                )
+        _fail_unsettled(runtime, state, claimed)
 
 
 def _run_model(runtime: Runtime, state: _Worker, model: str, jobs: list[_Claimed]) -> None:
@@ -403,15 +397,20 @@ def _run_model(runtime: Runtime, state: _Worker, model: str, jobs: list[_Claimed
         except Exception:
             # generate_batch isolates request failures; this is a bug or a dead GPU.
             log.exception("a pass of %d jobs failed", len(members))
-            for job in members:
-                if not job.settled:
-                    _fail(
-                        runtime,
-                        state,
-                        job,
-                        JobErrorCode.INTERNAL_ERROR,
-                        "The worker failed while generating; the request was refunded.",
-                    )
+            _fail_unsettled(runtime, state, members)
+
+
+def _fail_unsettled(runtime: Runtime, state: _Worker, jobs: list[_Claimed]) -> None:
+    """After an exception nobody planned for: fail (and refund) what it left open."""
+    for job in jobs:
+        if not job.settled:
+            _fail(
+                runtime,
+                state,
+                job,
+                JobErrorCode.INTERNAL_ERROR,
+                "The worker failed while generating; the request was refunded.",
+            )
 
 
 def _pixel_budget(runtime: Runtime, generator: Generator) -> int:

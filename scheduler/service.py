@@ -67,16 +67,18 @@ class Service:
 
     # -- generations -----------------------------------------------------------------
 
-    def _view(self, record: JobRecord, *, inline: bool = True) -> dict[str, Any]:
+    def _view_context(self) -> dict[str, Any]:
+        """What rendering a record needs besides the record."""
         settings = self.runtime.settings
-        return public_view(
-            record,
-            store=self.runtime.store,
-            base_url=settings.base_url(),
-            ttl_seconds=settings.url_ttl_seconds,
-            now_ms=self.runtime.jobs.now_ms(),
-            inline=inline,
-        )
+        return {
+            "store": self.runtime.store,
+            "base_url": settings.base_url(),
+            "ttl_seconds": settings.url_ttl_seconds,
+            "now_ms": self.runtime.jobs.now_ms(),
+        }
+
+    def _view(self, record: JobRecord, *, inline: bool = True) -> dict[str, Any]:
+        return public_view(record, inline=inline, **self._view_context())
 
     def _check_inline_size(self, job: JobInput) -> None:
         """Refuse, before any debit, a b64_json request whose images would make responses
@@ -161,14 +163,7 @@ class Service:
         record = self.runtime.jobs.get_owned(principal.account, job_id)
         if not (inlines(record) and record.images):
             return self._view(record)
-        settings = self.runtime.settings
-        return stream_view(
-            record,
-            store=self.runtime.store,
-            base_url=settings.base_url(),
-            ttl_seconds=settings.url_ttl_seconds,
-            now_ms=self.runtime.jobs.now_ms(),
-        )
+        return stream_view(record, **self._view_context())
 
     def list(
         self, principal: Principal, *, email: str | None, limit: int, cursor: str | None

@@ -30,32 +30,39 @@ def wait_for_status(stack: Stack, key, request_id: str, status: str, timeout: fl
             time.sleep(0.05)
 
 
-def test_sigkill_mid_job(crash_stack: Stack, webhook_receiver: WebhookReceiver) -> None:
-    stack = crash_stack
-    key = stack.new_key()
-    webhook_receiver.secret = key.webhook_secret
+def start_4k_job(stack: Stack, key, *, n: int, **body) -> str:
+    """A job of several 4K images (long enough on CPU to be caught in the middle), once a
+    worker is processing it."""
     with stack.client(key) as client:
-        # Several 4K images: long enough on CPU to be caught in the middle.
         job = client.create_generation(
             endUserEmail="alice@your-product.com",
             model="xSD4.5",
             prompt="a harbour at night",
             size="4K",
-            n=4,
-            webhookUrl=webhook_receiver.url,
+            n=n,
+            **body,
         )
-        wait_for_status(stack, key, job["requestId"], "processing")
+    wait_for_status(stack, key, job["requestId"], "processing")
+    return job["requestId"]
+
+
+def test_sigkill_mid_job(crash_stack: Stack, webhook_receiver: WebhookReceiver) -> None:
+    stack = crash_stack
+    key = stack.new_key()
+    webhook_receiver.secret = key.webhook_secret
+    request_id = start_4k_job(stack, key, n=4, webhookUrl=webhook_receiver.url)
+    with stack.client(key) as client:
         worker = stack.supervisor.children["gpu-worker"]
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        assert client.get_generation(job["requestId"])["status"] == "processing"
+        assert client.get_generation(request_id)["status"] == "processing"
         stack.supervisor.spawn("gpu-worker")
-        record = stack.wait(client, job["requestId"], timeout=180)
+        record = stack.wait(client, request_id, timeout=180)
     assert record["status"] == "succeeded", record
     assert len(record["images"]) == 4 and all("url" in i for i in record["images"])
     assert record["cost"] == {"xTokens": 40}
     assert stack.balance(key.account) == 960, "charged exactly once"
-    stored = stack.redis.hget(f"xsd:job:{job['requestId']}", "attempt")
+    stored = stack.redis.hget(f"xsd:job:{request_id}", "attempt")
     assert stored == "2", "a second attempt took the job over"
     (delivery,) = webhook_receiver.wait_for(1)
     time.sleep(2)
@@ -99,16 +106,9 @@ def test_deleting_a_running_job_stops_its_work_and_keeps_the_charge(crash_stack:
     key = stack.new_key()
     generated = stack.metric("gpu-worker", "xsd_images_generated_total")
     stopped = stack.metric("gpu-worker", "xsd_jobs_stopped_total")
+    request_id = start_4k_job(stack, key, n=3)
     with stack.client(key) as client:
-        job = client.create_generation(
-            endUserEmail="alice@your-product.com",
-            model="xSD4.5",
-            prompt="a harbour at night",
-            size="4K",
-            n=3,
-        )
-        wait_for_status(stack, key, job["requestId"], "processing")
-        deleted = client.delete_generation(job["requestId"])
+        deleted = client.delete_generation(request_id)
     assert deleted["refundedXTokens"] == 0, "a worker had claimed it"
     assert stack.balance(key.account) == 970
     deadline = time.monotonic() + 30
@@ -116,7 +116,7 @@ def test_deleting_a_running_job_stops_its_work_and_keeps_the_charge(crash_stack:
         assert time.monotonic() < deadline, "the worker never stopped the deleted job"
         time.sleep(0.2)
     assert stack.metric("gpu-worker", "xsd_images_generated_total") == generated
-    prefix = Path(stack.settings.objects_dir) / "images" / key.account / job["requestId"]
+    prefix = Path(stack.settings.objects_dir) / "images" / key.account / request_id
     assert not prefix.exists(), "nothing of it was stored"
 
 

@@ -67,6 +67,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         started = time.perf_counter()
         response = await call_next(request)
         rate: RateStatus | None = getattr(request.state, "rate", None)
+        if rate is not None:
+            # Authenticated and counted: Redis answered this request.
+            request.app.state.service.outage.succeeded()
         if rate is not None and "X-RateLimit-Limit" not in response.headers:
             response.headers.update(
                 rate_limit_headers(

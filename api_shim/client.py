@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from scheduler.signing import SignatureError, verify
 __all__ = ["XsdClient", "ApiError", "verify_webhook", "SignatureError", "TERMINAL_STATUSES"]
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "expired"})
+# The first wait before retrying a call, doubled after each try up to the cap.
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 8.0
 
 
 class ApiError(Exception):
@@ -48,7 +52,14 @@ def verify_webhook(secret: str, body: bytes, headers: Any, *, now: float | None 
 
 
 class XsdClient:
-    """Synchronous client; use as a context manager or call :meth:`close`."""
+    """Synchronous client; use as a context manager or call :meth:`close`.
+
+    A call that meets ``503 service_unavailable`` or a connection that fails is tried
+    again with backoff (honouring ``Retry-After``) for up to ``retry_seconds``. A call whose
+    answer was lost after it was sent is retried only when that is safe: reads, and a POST
+    of a generation, which always carries an ``Idempotency-Key`` (one is made up when the
+    caller gives none), so a retry never charges twice.
+    """
 
     def __init__(
         self,
@@ -56,8 +67,10 @@ class XsdClient:
         api_key: str,
         *,
         timeout: float = 30.0,
+        retry_seconds: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        self.retry_seconds = retry_seconds
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key}"},
@@ -75,8 +88,34 @@ class XsdClient:
         """Release connections."""
         self._http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, path, **kwargs)
+    def _call(self, method: str, path: str, *, replayable: bool = False, **kwargs: Any) -> Any:
+        """One API call, retried as the class says; ``replayable`` marks a call that is
+        safe to send again after its answer was lost."""
+        deadline = time.monotonic() + self.retry_seconds
+        wait = RETRY_FIRST_SECONDS
+        while True:
+            unavailable: httpx.Response | None = None
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if not (unsent or replayable or method == "GET"):
+                    raise
+                retry_in = wait
+            else:
+                if response.status_code != 503:
+                    return self._answer(response)
+                unavailable = response
+                retry_in = max(wait, float(response.headers.get("Retry-After") or 0))
+            if time.monotonic() + retry_in > deadline:
+                if unavailable is not None:
+                    return self._answer(unavailable)  # raises ApiError(503 ...)
+                raise TimeoutError(f"{method} {path} kept failing for {self.retry_seconds:.0f} s.")
+            time.sleep(retry_in)
+            wait = min(RETRY_MAX_SECONDS, wait * 2)
+
+    @staticmethod
+    def _answer(response: httpx.Response) -> Any:
         if response.is_error:
             try:
                 error = response.json()["error"]
@@ -90,10 +129,13 @@ class XsdClient:
     def create_generation(
         self, *, idempotency_key: str | None = None, **body: Any
     ) -> dict[str, Any]:
-        """POST /v1/generations with the spec's field names; returns the queued record."""
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        """POST /v1/generations with the spec's field names; returns the queued record.
+        Retries reuse the ``Idempotency-Key`` (a new one when none is given)."""
+        headers = {"Idempotency-Key": idempotency_key or f"xsd-client-{uuid.uuid4()}"}
         payload = {k: v for k, v in body.items() if v is not None}
-        return self._call("POST", "/v1/generations", json=payload, headers=headers)
+        return self._call(
+            "POST", "/v1/generations", json=payload, headers=headers, replayable=True
+        )
 
     def get_generation(self, request_id: str) -> dict[str, Any]:
         """GET /v1/generations/:id."""

@@ -26,6 +26,7 @@ from scheduler.errors import (
     RateLimited,
     SchedulerError,
 )
+from scheduler.outage import OUTAGE_ERRORS, RETRY_AFTER_SECONDS
 
 __all__ = ["ApiError", "error_response", "install_handlers", "rate_limit_headers"]
 
@@ -133,6 +134,18 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, "validation_error", str(exc.detail))
 
 
+def _outage(request: Request, exc: Exception) -> JSONResponse:
+    # One log line per outage (not a traceback per request); the client retries.
+    request.app.state.service.outage.failed(exc)
+    return error_response(
+        503,
+        "service_unavailable",
+        "The service is briefly unavailable: its database cannot be reached. Retry in a few "
+        "seconds; a POST retried with the same Idempotency-Key is never charged twice.",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "An internal error occurred.")
@@ -144,4 +157,6 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _query_validation)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for outage_error in OUTAGE_ERRORS:
+        app.add_exception_handler(outage_error, _outage)
     app.add_exception_handler(Exception, _unexpected)

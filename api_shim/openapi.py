@@ -58,7 +58,7 @@ class ErrorDetail(BaseModel):
     code: str = Field(
         description="validation_error, authentication_error, insufficient_balance, not_found, "
         "conflict, method_not_allowed, payload_too_large, unsupported_media_type, "
-        "rate_limit_exceeded or internal_error."
+        "rate_limit_exceeded, internal_error or service_unavailable."
     )
     message: str = Field(description="A full sentence for humans.")
     param: str | None = Field(description="The field or header at fault, if one is.")
@@ -208,6 +208,11 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
         {"Retry-After": _header("Seconds to wait."), **_RATE_HEADERS},
     ),
     500: ("internal_error: a failure on our side.", {}),
+    503: (
+        "service_unavailable: the service's database cannot be reached for a moment; retry "
+        "after Retry-After seconds (a POST with the same Idempotency-Key).",
+        {"Retry-After": _header("Seconds to wait.")},
+    ),
 }
 
 

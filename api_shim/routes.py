@@ -144,6 +144,7 @@ def _email(value: str) -> str:
             415,
             429,
             500,
+            503,
             notes={
                 409: "An Idempotency-Key reused with another body, or whose record was deleted."
             },
@@ -180,7 +181,7 @@ async def create_generation(
 @router.get(
     "/generations/{request_id}",
     summary="Poll a generation",
-    responses={**ok(200, GenerationRecord), **errors(401, 404, 429, 500)},
+    responses={**ok(200, GenerationRecord), **errors(401, 404, 429, 500, 503)},
 )
 def get_generation(request: Request, request_id: str, principal: Reader) -> Response:
     """The current record (``expired`` once signed URLs are dead). A ``b64_json`` record is
@@ -194,7 +195,7 @@ def get_generation(request: Request, request_id: str, principal: Reader) -> Resp
 @router.get(
     "/generations",
     summary="List generations, newest first",
-    responses={**ok(200, GenerationList), **errors(400, 401, 429, 500)},
+    responses={**ok(200, GenerationList), **errors(400, 401, 429, 500, 503)},
 )
 def list_generations(
     request: Request,
@@ -215,7 +216,7 @@ def list_generations(
     summary="Cancel a generation",
     responses={
         **ok(200, GenerationRecord),
-        **errors(401, 404, 409, 429, 500, notes={409: "The generation has already finished."}),
+        **errors(401, 404, 409, 429, 500, 503, notes={409: "The generation has already finished."}),
     },
 )
 def cancel_generation(request: Request, request_id: str, principal: Reader) -> dict[str, Any]:
@@ -227,7 +228,7 @@ def cancel_generation(request: Request, request_id: str, principal: Reader) -> d
 @router.delete(
     "/generations/{request_id}",
     summary="Delete a generation and its images",
-    responses={**ok(200, DeleteResult), **errors(401, 404, 429, 500)},
+    responses={**ok(200, DeleteResult), **errors(401, 404, 429, 500, 503)},
 )
 def delete_generation(request: Request, request_id: str, principal: Reader) -> dict[str, Any]:
     """Removes the record and its objects. A queued generation is refunded; a processing
@@ -241,7 +242,13 @@ def delete_generation(request: Request, request_id: str, principal: Reader) -> d
     responses={
         **ok(200, ErasureResult),
         **errors(
-            400, 401, 409, 429, 500, notes={409: "Images could not be deleted; retry to finish."}
+            400,
+            401,
+            409,
+            429,
+            500,
+            503,
+            notes={409: "Images could not be deleted; retry to finish."},
         ),
     },
 )
@@ -253,7 +260,7 @@ def erase_end_user(request: Request, email: EndUserEmail, principal: Reader) -> 
 @router.get(
     "/end-users/{email}/usage",
     summary="An end user's usage",
-    responses={**ok(200, Usage), **errors(400, 401, 404, 429, 500)},
+    responses={**ok(200, Usage), **errors(400, 401, 404, 429, 500, 503)},
 )
 def end_user_usage(request: Request, email: EndUserEmail, principal: Reader) -> dict[str, Any]:
     """Requests, outcomes, images, net xTokens and policy violations."""
@@ -263,7 +270,7 @@ def end_user_usage(request: Request, email: EndUserEmail, principal: Reader) -> 
 @router.get(
     "/account",
     summary="Your account and balance",
-    responses={**ok(200, Account), **errors(401, 429, 500)},
+    responses={**ok(200, Account), **errors(401, 429, 500, 503)},
 )
 def account(request: Request, principal: Reader) -> dict[str, Any]:
     """Balance in xTokens."""

@@ -16,8 +16,11 @@ workers on ``tiny`` and the beat under the product's supervisor), and drives a m
 - ``redis-restart``: Redis stopped with SIGTERM mid-run and started again on its port.
 - ``redis-kill``: Redis SIGKILLed mid-run and started again from its AOF; a probe counts
   the acknowledged writes the AOF lost.
-- ``s3-outage``: S3 refusing connections (``--s3-mode hang``: accepting and hanging them)
-  for ``--outage`` seconds.
+- ``redis-outage``: Redis down for a while (20 s) as clients go on posting: every POST
+  gets 202 or 503 (never 500) and is accepted on a retry.
+- ``s3-refuse`` / ``s3-hang``: S3 refusing connections / accepting and hanging them for
+  ``--outage`` seconds (a proxy in front of moto, so that moto keeps its objects): finished
+  images wait in the GPU workers' spools and are stored afterwards.
 - ``webhook-outage``: the webhook receiver down for ``--outage`` seconds.
 - ``api-kill``: the API SIGKILLed mid-burst and restarted; clients retry with their
   ``Idempotency-Key``.
@@ -73,12 +76,12 @@ class Plan:
     burst_seconds: float = 6.0
     outage_seconds: float = 60.0
     redis_down_seconds: float = 5.0
+    redis_outage_seconds: float = 20.0
     gpu_kills: int = 3
     freeze_max_seconds: float = 180.0
     settle_seconds: float = 420.0
     max_n: int = 4
     allow_4k: bool = True
-    s3_mode: ProxyMode = ProxyMode.REFUSE
     accounts: int = 3
     credits: int = 1_000_000
 
@@ -88,6 +91,7 @@ QUICK = Plan(
     submit_seconds=5.0,
     outage_seconds=5.0,
     redis_down_seconds=3.0,
+    redis_outage_seconds=5.0,
     gpu_kills=1,
     # Only spent when something is stuck; a loaded 2-core machine needs the margin.
     settle_seconds=120.0,
@@ -234,17 +238,31 @@ def _redis_fault(kill: bool) -> Fault:
     return fault
 
 
-def _s3_outage(ctx: Context) -> dict[str, Any]:
-    processing = ctx.wait_for_processing()
-    ctx.pool.set_s3(ctx.plan.s3_mode)
-    ctx.event(
-        f"S3 {ctx.plan.s3_mode.value} for {ctx.plan.outage_seconds:.0f} s "
-        f"({len(processing)} jobs processing)"
-    )
-    time.sleep(ctx.plan.outage_seconds)
-    ctx.pool.set_s3(ProxyMode.FORWARD)
-    ctx.event("S3 back")
-    return {"s3_mode": ctx.plan.s3_mode.value}
+def _s3_outage(mode: ProxyMode) -> Fault:
+    def fault(ctx: Context) -> dict[str, Any]:
+        processing = ctx.wait_for_processing()
+        ctx.pool.set_s3(mode)
+        ctx.event(
+            f"S3 {mode.value} for {ctx.plan.outage_seconds:.0f} s "
+            f"({len(processing)} jobs processing)"
+        )
+        time.sleep(ctx.plan.outage_seconds)
+        ctx.pool.set_s3(ProxyMode.FORWARD)
+        ctx.event("S3 back")
+        return {"s3_mode": mode.value}
+
+    return fault
+
+
+def _redis_outage(ctx: Context) -> dict[str, Any]:
+    # While clients are still posting: every POST must get 202 or 503, never 500.
+    ctx.wait_accepted(0.3)
+    ctx.pool.stop_redis(kill=False)
+    ctx.event(f"Redis down for {ctx.plan.redis_outage_seconds:.0f} s, POSTs in flight")
+    time.sleep(ctx.plan.redis_outage_seconds)
+    ctx.pool.start_redis()
+    ctx.event("Redis started again from its AOF")
+    return {}
 
 
 def _webhook_outage(ctx: Context) -> dict[str, Any]:
@@ -273,7 +291,9 @@ SCENARIOS: dict[str, Fault] = {
     "gpu-freeze": _gpu_freeze,
     "redis-restart": _redis_fault(kill=False),
     "redis-kill": _redis_fault(kill=True),
-    "s3-outage": _s3_outage,
+    "redis-outage": _redis_outage,
+    "s3-refuse": _s3_outage(ProxyMode.REFUSE),
+    "s3-hang": _s3_outage(ProxyMode.HANG),
     "webhook-outage": _webhook_outage,
     "api-kill": _api_kill,
 }
@@ -308,7 +328,11 @@ def _frozen_jobs(pool: ChaosPool, worker: str, held: dict[str, str]) -> dict[str
             "status": status,
             "attempt_at_freeze": attempt,
             "final_attempt": final,
-            "stale_attempt_refused": f"lost the lease on {job_id} (attempt {attempt})" in log,
+            "stale_attempt_refused": any(
+                job_id in line
+                for line in log.splitlines()
+                if "stopping work on" in line or "lost the lease on" in line
+            ),
         }
     return after
 
@@ -397,7 +421,7 @@ def run(
         "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "timings": dataclasses.asdict(timings),
-        "plan": {**dataclasses.asdict(plan), "s3_mode": plan.s3_mode.value},
+        "plan": dataclasses.asdict(plan),
         "pool": "shared" if shared_pool else "fresh per scenario",
         "scenarios": results,
     }
@@ -409,7 +433,8 @@ def _bounds(report: dict[str, Any]) -> str:
         f"Bounds: lease {timings['lease_seconds']} s, tick {timings['tick_seconds']} s, "
         f"broker visibility {timings['broker_visibility_timeout']} s, job timeout "
         f"{timings['job_timeout_seconds']} s, outbox grace {timings['dispatch_grace_seconds']} s "
-        f"and retry {timings['dispatch_retry_seconds']} s, webhook backoff "
+        f"and retry {timings['dispatch_retry_seconds']} s, upload retry "
+        f"{timings['upload_retry_seconds']} s, webhook backoff "
         f"{timings['webhook_backoff_base_seconds']}-{timings['webhook_backoff_max_seconds']} s; "
         f"each scenario's jobs get {plan['settle_seconds']:.0f} s after the fault and the last "
         f"POST to end. {plan['jobs']} jobs per scenario, pool {report['pool']}.\n"
@@ -424,14 +449,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--jobs", type=int, help="Jobs per scenario.")
     parser.add_argument("--outage", type=float, help="Seconds S3 / the receiver stay down.")
     parser.add_argument("--settle", type=float, help="A scenario's bound after its fault.")
-    parser.add_argument("--s3-mode", choices=["refuse", "hang"], default="refuse")
     parser.add_argument("--shared-pool", action="store_true", help="One pool for all.")
     parser.add_argument("--workdir", type=Path, help="Keep the pools' files (logs) here.")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="Write the report here.")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
-    changes: dict[str, Any] = {"s3_mode": ProxyMode(args.s3_mode)}
+    changes: dict[str, Any] = {}
     for name, value in (
         ("jobs", args.jobs),
         ("outage_seconds", args.outage),

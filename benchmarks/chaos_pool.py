@@ -61,6 +61,8 @@ class Timings:
     # claimed is sent again after the retry period, then twice as long, and so on.
     dispatch_grace_seconds: float = 2.0
     dispatch_retry_seconds: float = 60.0
+    # The product's default: a finished image is retried this long while S3 fails.
+    upload_retry_seconds: float = 900.0
 
     def env(self) -> dict[str, str]:
         """The ``XSD_*`` variables."""
@@ -73,6 +75,7 @@ class Timings:
             "XSD_WEBHOOK_BACKOFF_MAX_SECONDS": str(self.webhook_backoff_max_seconds),
             "XSD_DISPATCH_GRACE_SECONDS": str(self.dispatch_grace_seconds),
             "XSD_DISPATCH_RETRY_SECONDS": str(self.dispatch_retry_seconds),
+            "XSD_UPLOAD_RETRY_SECONDS": str(self.upload_retry_seconds),
         }
 
 

@@ -4,8 +4,10 @@ A batch is what celery-batches gathered: up to ``XSD_BATCH_MAX_JOBS`` messages o
 arrived within ``XSD_BATCH_WAIT_SECONDS``. Its jobs are claimed (each with a lease and an
 attempt number), planned into forward passes by bucket and pixel budget, and run. Each
 job's outcome is recorded by the batch itself: a failing job fails alone and is refunded,
-its neighbours go on. Images are encoded and stored by a background pool so the GPU starts
-the next pass at once; leases are renewed until each job is finished.
+its neighbours go on. Images are encoded by a background pool into the upload spool
+(:mod:`scheduler.spool`), which stores them through object-store outages, so the GPU starts
+the next pass at once; leases are renewed until each job is finished, and a job this
+worker no longer owns (cancelled, deleted, taken over) leaves its batch at the next step.
 
 Because messages are acknowledged when the batch returns, possibly before its uploads end,
 recovery does not rely on the broker: a job whose worker died stops having its lease
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,22 +37,31 @@ from pipeline import (
     derive_seed,
     encode_png,
 )
-from storage import StorageError
+from storage import ObjectNotFound, StorageError
 
 from . import metrics
 from .batching import plan_batches
-from .jobs import JobStore
+from .jobs import Finish, JobStore
 from .lifecycle import delete_objects, fail_job, succeed_job
 from .objects import image_key
+from .outage import Outage, is_outage
 from .records import ImageResult, JobRecord
 from .runtime import Runtime
 from .sizes import size_class
+from .spool import Spool, Upload
 from .states import JobErrorCode
 
 if TYPE_CHECKING:
     from pipeline import Generator
 
-__all__ = ["run_batch", "generator_for", "LeaseKeeper", "store_images", "PNG_COMPRESS_LEVEL"]
+__all__ = [
+    "run_batch",
+    "generator_for",
+    "LeaseKeeper",
+    "encode_images",
+    "when_spool_full",
+    "PNG_COMPRESS_LEVEL",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +106,7 @@ class LeaseKeeper:
         self._jobs, self._lease_ms, self._watch_ms = jobs, lease_ms, watch_ms
         self._held: dict[str, int] = {}
         self._lost: set[str] = set()
+        self._outage = Outage("keeping the jobs it runs")
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
         self._thread.start()
@@ -111,6 +123,10 @@ class LeaseKeeper:
             self._held.pop(job_id, None)
             self._lost.discard(job_id)
 
+    def holds(self, job_id: str) -> bool:
+        """Whether this worker renews the job's lease."""
+        return job_id in self._held
+
     def lost(self, job_id: str) -> bool:
         """Whether this worker no longer owns a job it holds: its work should stop."""
         return job_id in self._lost
@@ -126,9 +142,13 @@ class LeaseKeeper:
                 continue
             try:
                 lost = self._jobs.not_owned(held)
-            except Exception:  # a Redis blip: the next round looks again
-                log.warning("could not check the jobs this worker holds", exc_info=True)
-                lost = set()
+            except Exception as exc:  # a Redis blip: the next round looks again
+                if is_outage(exc):
+                    self._outage.failed(exc)
+                else:
+                    log.warning("could not check the jobs this worker holds", exc_info=True)
+                continue
+            self._outage.succeeded()
             if lost:
                 log.info("stopping work on %s: no longer this worker's", ", ".join(sorted(lost)))
                 with self._lock:
@@ -172,15 +192,35 @@ class _Worker:
             lease_ms=settings.lease_seconds * 1000,
             watch_ms=int(settings.watch_seconds * 1000),
         )
-        self.uploads = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="upload")
-        # Bounds images waiting for upload, so a slow store slows the GPU instead of
-        # filling memory.
+        self.uploads = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="encode")
+        # Bounds the jobs whose images wait in memory to be encoded into the spool; the
+        # store's speed does not count (the spool's threads upload).
         self.backlog = threading.BoundedSemaphore(settings.batch_max_jobs * 2)
+        self.spool = Spool(
+            settings.spool_path,
+            max_bytes=settings.spool_max_bytes,
+            retry_seconds=settings.upload_retry_seconds,
+            threads=settings.upload_threads,
+            on_full=_spool_full,
+        )
         self.last_pass_end: float | None = None
 
 
 _worker: _Worker | None = None
 _worker_lock = threading.Lock()
+# Called with True when the spool fills and False when it has drained (the worker process
+# stops and resumes taking jobs, and says so on /readyz).
+_spool_hooks: list[Callable[[bool], None]] = []
+
+
+def when_spool_full(hook: Callable[[bool], None]) -> None:
+    """Register what this process does when its upload spool fills or drains."""
+    _spool_hooks.append(hook)
+
+
+def _spool_full(full: bool) -> None:
+    for hook in _spool_hooks:
+        hook(full)
 
 
 def _state(runtime: Runtime) -> _Worker:
@@ -191,31 +231,21 @@ def _state(runtime: Runtime) -> _Worker:
         return _worker
 
 
-def store_images(
-    runtime: Runtime, record: JobRecord, images: Sequence[Image.Image]
-) -> list[ImageResult]:
-    """Encode and upload each image; one that cannot be stored becomes ``storage_failed``
-    (and is refunded) without failing the others."""
+def encode_images(record: JobRecord, images: Sequence[Image.Image]) -> list[Upload]:
+    """Each image as a PNG with its provenance (model alias, request id), and its key."""
     provenance = {
         "Software": "xSD worker pool",
         "xsd:model": record.model,
         "xsd:requestId": record.id,
     }
-    results = []
-    for index, image in enumerate(images):
-        key = image_key(record.account, record.id, index)
-        data = encode_png(image, text=provenance, compress_level=PNG_COMPRESS_LEVEL)
-        started = time.monotonic()
-        try:
-            runtime.store.put(key, data, content_type="image/png")
-        except StorageError:
-            metrics.STORAGE_FAILURES.labels("put").inc()
-            log.exception("could not store image %d of %s", index, record.id)
-            results.append(ImageResult(index=index, error="storage_failed"))
-        else:
-            metrics.STORAGE_UPLOAD.observe(time.monotonic() - started)
-            results.append(ImageResult(index=index, key=key, size=len(data)))
-    return results
+    return [
+        Upload(
+            index=index,
+            key=image_key(record.account, record.id, index),
+            data=encode_png(image, text=provenance, compress_level=PNG_COMPRESS_LEVEL),
+        )
+        for index, image in enumerate(images)
+    ]
 
 
 def _request_for(runtime: Runtime, record: JobRecord) -> GenerationRequest:
@@ -277,7 +307,7 @@ def _claim_all(
         metrics.QUEUE_WAIT.labels(size_class(record.width, record.height)).observe(waited)
         try:
             job.request = _request_for(runtime, record)
-        except (StorageError, PipelineError) as exc:
+        except (ObjectNotFound, PipelineError) as exc:
             log.exception("could not load the references of %s", job_id)
             _fail(
                 runtime,
@@ -287,18 +317,29 @@ def _claim_all(
                 f"The job's references could not be read ({type(exc).__name__}); the request "
                 "was refunded.",
             )
+        except StorageError as exc:
+            # The store is down: the job waits for it rather than failing. Its lease is let
+            # go, so the beat hands it to a worker again once the lease lapses.
+            log.warning("the references of %s cannot be read now (%s); later", job_id, exc)
+            job.settled = True
+            state.leases.release(job_id)
 
 
 def _finish(runtime: Runtime, state: _Worker, job: _Claimed, images: list[Image.Image]) -> None:
-    """Background: store the images and record the success (or the storage failures)."""
+    """Background: encode the images into the spool, which stores them and then records
+    the job (:func:`_record`). The GPU may go on once they are on disk."""
+    job_id = job.record.id
     try:
-        results = store_images(runtime, job.record, images)
-        finish = succeed_job(runtime, job.record, job.attempt, results)
-        if finish.outcome == "gone":
-            # Deleted while we ran: nothing may keep what we just uploaded.
-            delete_objects(runtime, job.record)
+        uploads = encode_images(job.record, images)
+        state.spool.submit(
+            f"{job_id}.{job.attempt}",
+            uploads,
+            store=runtime.store,
+            done=lambda results: _record(runtime, state, job, results),
+            wanted=lambda: not state.leases.lost(job_id),
+        )
     except Exception:
-        log.exception("could not finish %s", job.record.id)
+        log.exception("could not spool the images of %s", job_id)
         _fail(
             runtime,
             state,
@@ -307,8 +348,49 @@ def _finish(runtime: Runtime, state: _Worker, job: _Claimed, images: list[Image.
             "The images could not be stored; the request was refunded.",
         )
     finally:
-        state.leases.release(job.record.id)
         state.backlog.release()
+
+
+def _record(
+    runtime: Runtime, state: _Worker, job: _Claimed, results: list[ImageResult] | None
+) -> None:
+    """From the spool: record the success of a job whose images are stored (those that
+    could not be, past the retry bound, are refunded). None: the job was taken from this
+    worker while its images waited; whoever took it records its outcome."""
+    try:
+        if results is None:
+            return
+        finish = _through_outage(
+            lambda: succeed_job(runtime, job.record, job.attempt, results),
+            seconds=runtime.settings.lease_seconds,
+        )
+        if finish.outcome == "gone":
+            # Deleted while we ran: nothing may keep what we just uploaded.
+            delete_objects(runtime, job.record)
+    except Exception:
+        log.exception("could not record the success of %s", job.record.id)
+        _fail(
+            runtime,
+            state,
+            job,
+            JobErrorCode.INTERNAL_ERROR,
+            "The success could not be recorded; the request was refunded.",
+        )
+    finally:
+        state.leases.release(job.record.id)
+
+
+def _through_outage(call: Callable[[], Finish], *, seconds: float) -> Finish:
+    """``call``, tried again each second while Redis is away, for up to ``seconds`` (the
+    images are stored: recording that is worth a wait, not a regeneration)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_outage(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def _run_pass(runtime: Runtime, state: _Worker, generator: Generator, jobs: list[_Claimed]) -> None:

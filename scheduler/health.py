@@ -17,10 +17,12 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-__all__ = ["ready", "serve"]
+__all__ = ["ready", "problems", "serve"]
 
 # Set once the process takes work (for GPU workers: once their models are loaded).
 ready = threading.Event()
+# Why a started process is not ready now (e.g. a full upload spool), by name.
+problems: dict[str, str] = {}
 
 _metrics_app = make_wsgi_app()
 
@@ -38,11 +40,12 @@ def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok\n"]
     if path == "/readyz":
-        if ready.is_set():
+        if ready.is_set() and not problems:
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ready\n"]
         start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-        return [b"starting\n"]
+        why = "; ".join(problems.values()) if ready.is_set() else "starting"
+        return [f"{why}\n".encode()]
     start_response("404 Not Found", [("Content-Type", "text/plain")])
     return [b"not found\n"]
 

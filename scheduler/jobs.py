@@ -96,7 +96,7 @@ class JobStore:
         idempotency_ttl: int,
     ) -> tuple[str, bool]:
         """Debit the account and store the queued record, atomically; the job enters the
-        outbox due at ``dispatch_at_ms`` (see :meth:`mark_sent`).
+        outbox due at ``dispatch_at_ms`` (see :meth:`resend_at`).
 
         Returns ``(job_id, replayed)``: with an Idempotency-Key seen before for the same
         request, the earlier job's id and True, and nothing is debited.
@@ -211,10 +211,11 @@ class JobStore:
 
     # -- dispatch --------------------------------------------------------------------
 
-    def mark_sent(self, job_id: str, *, resend_at_ms: int) -> None:
-        """A message for the job is in the broker: the outbox waits until ``resend_at_ms``
-        for a worker to claim it. A job claimed meanwhile has left the outbox and stays out."""
-        self._redis.zadd(keys.DISPATCH, {job_id: resend_at_ms}, xx=True)
+    def resend_at(self, job_id: str, at_ms: int) -> None:
+        """The outbox sends the job again at ``at_ms`` unless a worker claims it first (its
+        message was just sent, or it must wait for something). A job claimed meanwhile has
+        left the outbox and stays out."""
+        self._redis.zadd(keys.DISPATCH, {job_id: at_ms}, xx=True)
 
     def count_dispatch(self, job_id: str) -> int:
         """Count one more sending of a job by the outbox; returns how many there were."""

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -27,6 +27,8 @@ __all__ = [
     "DENOISE_STEP",
     "STORAGE_UPLOAD",
     "STORAGE_FAILURES",
+    "STORAGE_GIVE_UPS",
+    "SPOOL_BYTES",
     "WEBHOOK_ATTEMPTS",
     "WEBHOOK_GIVE_UPS",
     "XTOKENS_DEBITED",
@@ -84,6 +86,12 @@ STORAGE_UPLOAD = Histogram(
 )
 STORAGE_FAILURES = Counter(
     "xsd_storage_failures", "Object store operations that failed", ["operation"]
+)
+STORAGE_GIVE_UPS = Counter(
+    "xsd_storage_give_ups", "Images given up as storage_failed after retrying to store them"
+)
+SPOOL_BYTES = Gauge(
+    "xsd_spool_bytes", "Finished images a GPU worker holds on disk until they are stored"
 )
 WEBHOOK_ATTEMPTS = Counter(
     "xsd_webhook_attempts", "Webhook delivery attempts by outcome", ["outcome"]

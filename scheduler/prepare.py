@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # only costs storage and transfer.
 REFERENCE_MAX_SIDE = 1024
 _FETCH_THREADS = 4
+# While the object store is down, how long a job waits before its references are tried
+# again.
+_STORE_RETRY_MS = 30_000
 
 
 class _ReferenceError(Exception):
@@ -98,15 +101,11 @@ def _prepare(runtime: Runtime, record: JobRecord) -> None:
     except _ReferenceError as exc:
         fail_job(runtime, record, JobErrorCode.VALIDATION_ERROR, str(exc), only=(JobStatus.QUEUED,))
         return
-    except StorageError:
-        log.exception("Could not store the references of %s.", job_id)
-        fail_job(
-            runtime,
-            record,
-            JobErrorCode.INTERNAL_ERROR,
-            "The references could not be stored; the request was refunded.",
-            only=(JobStatus.QUEUED,),
-        )
+    except StorageError as exc:
+        # The store is down: the job waits for it (the outbox sends it here again) rather
+        # than failing; its deadline bounds the wait.
+        log.warning("could not store the references of %s (%s); trying again later", job_id, exc)
+        runtime.jobs.resend_at(job_id, runtime.jobs.now_ms() + _STORE_RETRY_MS)
         return
     width, height = _final_size(record, references)
     updated = dict(record.input, width=width, height=height)

@@ -22,6 +22,7 @@ from .accounts import Principal
 from .celery_app import send_prepare
 from .errors import Conflict, InvalidRequest, NotFound
 from .lifecycle import delete_job, fail_job
+from .outage import Outage
 from .ratelimit import RateStatus
 from .records import JobInput, JobRecord
 from .runtime import Runtime
@@ -47,6 +48,8 @@ class Service:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        # Whether Redis was last found out of reach (the API answers 503 meanwhile).
+        self.outage = Outage("answering 503 service_unavailable")
 
     # -- callers and limits ----------------------------------------------------------
 
@@ -149,7 +152,7 @@ class Service:
         retry_ms = int(self.runtime.settings.dispatch_retry_seconds * 1000)
         try:
             send_prepare(job_id)
-            self.runtime.jobs.mark_sent(job_id, resend_at_ms=now_ms + retry_ms)
+            self.runtime.jobs.resend_at(job_id, now_ms + retry_ms)
         except Exception as exc:
             log.warning("could not queue %s now (%r); the outbox will", job_id, exc)
 
@@ -280,6 +283,9 @@ class Service:
     def ready(self) -> bool:
         """Whether Redis answers (the API cannot accept work without it)."""
         try:
-            return bool(self.runtime.redis.ping())
-        except redis.RedisError:
+            answered = bool(self.runtime.redis.ping())
+        except redis.RedisError as exc:
+            self.outage.failed(exc)
             return False
+        self.outage.succeeded()
+        return answered

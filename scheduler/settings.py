@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "URL_TTL_SECONDS_DEFAULT"]
@@ -135,7 +135,22 @@ class Settings(BaseSettings):
         description="Generation pixels (images x bucket area) in one forward pass.",
     )
     upload_threads: int = Field(
-        4, gt=0, description="Threads that encode and store images behind the GPU."
+        4, gt=0, description="Threads that encode images, and threads that store them."
+    )
+    upload_retry_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="How long a GPU worker keeps trying to store a finished image while the "
+        "object store fails; past it the image is storage_failed (refunded).",
+    )
+    spool_max_bytes: int = Field(
+        10 * 1024**3,
+        gt=0,
+        description="Finished images a GPU worker keeps on disk while they wait to be stored; "
+        "above it the worker takes no new jobs until they drain.",
+    )
+    spool_dir: Path | None = Field(
+        None, description="Where a GPU worker spools finished images; default <data dir>/spool."
     )
 
     tick_seconds: float = Field(5.0, gt=0, description="Period of the beat's reaper tick.")
@@ -169,10 +184,25 @@ class Settings(BaseSettings):
     api_key_pepper: SecretStr | None = None
     url_signing_key: SecretStr | None = None
 
+    @model_validator(mode="after")
+    def _uploads_end_before_the_job(self) -> Settings:
+        # A job whose uploads were still retried at its deadline would be failed (and
+        # refunded) by the reaper while its images went on being stored.
+        if self.upload_retry_seconds >= self.job_timeout_seconds:
+            raise ValueError(
+                "XSD_UPLOAD_RETRY_SECONDS must be shorter than XSD_JOB_TIMEOUT_SECONDS."
+            )
+        return self
+
     @property
     def redis_dir(self) -> Path:
         """Where the embedded redis-server keeps its files."""
         return self.data_dir / "redis"
+
+    @property
+    def spool_path(self) -> Path:
+        """Where finished images wait to be stored."""
+        return self.spool_dir or self.data_dir / "spool"
 
     @property
     def objects_dir(self) -> Path:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from functools import partial
 
 from celery.signals import worker_ready
+from celery.worker.consumer import Consumer
 
 from . import health, metrics
 from .allocator import return_large_frees
@@ -55,6 +57,20 @@ def _preload(runtime: Runtime, queues: list[str]) -> None:
             raise SystemExit(EXIT_MODEL_UNAVAILABLE) from exc
 
 
+def _pause_for_spool(consumer: Consumer, queues: list[str], full: bool) -> None:
+    """A full upload spool: take no new jobs (and say so on /readyz) until it drains.
+    ``call_soon`` runs the change on the consumer's own loop, after the current batch."""
+    if full:
+        health.problems["spool"] = "the upload spool is full: the object store is failing"
+    else:
+        health.problems.pop("spool", None)
+    for queue in queues:
+        if full:
+            consumer.call_soon(consumer.cancel_task_queue, queue)
+        else:
+            consumer.call_soon(consumer.add_task_queue, queue)
+
+
 def run_worker(
     settings: Settings, *, queues: str, concurrency: int | None, hostname: str | None
 ) -> None:
@@ -91,7 +107,11 @@ def run_worker(
         argv += ["--hostname", hostname]
 
     @worker_ready.connect(weak=False)
-    def _ready(**_: object) -> None:
+    def _ready(sender: Consumer, **_: object) -> None:
+        if gpu:
+            from .execution import when_spool_full
+
+            when_spool_full(partial(_pause_for_spool, sender, names))
         health.ready.set()
         log.info("worker ready on %s", ", ".join(names))
 

@@ -121,8 +121,10 @@ def test_deleting_a_running_job_stops_its_work_and_keeps_the_charge(crash_stack:
 
 
 def test_a_job_whose_enqueue_was_lost_still_runs(crash_stack: Stack, monkeypatch) -> None:
-    """The API died between the debit and the enqueue (here: the enqueue fails): the
-    client got its 202, and the outbox hands the job to the workers."""
+    """The API died between the debit and the enqueue (here: the enqueue fails), and the
+    client, which never got its answer, retries with the same Idempotency-Key against the
+    real API: the replay is answered 202 with the same job, which the outbox hands to the
+    workers; it succeeds and is charged once."""
     import scheduler.service as service_module
     from scheduler.records import JobInput
     from scheduler.runtime import init
@@ -137,10 +139,39 @@ def test_a_job_whose_enqueue_was_lost_still_runs(crash_stack: Stack, monkeypatch
     monkeypatch.setattr(service_module, "send_prepare", broker_gone)
     service = Service(init(stack.settings))
     principal = service.authenticate(f"Bearer {key.api_key}")
-    job = JobInput(model="xSD4.5", prompt="a lighthouse", end_user_email="alice@your-product.com")
-    view, _ = service.submit(principal, job, idempotency_key=None)
+    body = {"endUserEmail": "alice@your-product.com", "model": "xSD4.5", "prompt": "a lighthouse"}
+    job = JobInput(model=body["model"], prompt=body["prompt"], end_user_email=body["endUserEmail"])
+    view, _ = service.submit(principal, job, idempotency_key="lost-enqueue-1")
     assert view["status"] == "queued"
     with stack.client(key) as client:
+        replayed = client.create_generation(idempotency_key="lost-enqueue-1", **body)
+        assert replayed["requestId"] == view["requestId"]
         record = stack.wait(client, view["requestId"], timeout=120)
     assert record["status"] == "succeeded", record
     assert stack.balance(key.account) == 990
+
+
+def test_a_generate_message_that_died_with_a_worker_is_sent_again(crash_stack: Stack) -> None:
+    """A GPU worker's consumer popped a job's message and died with it (kombu had not yet
+    recorded it as unacknowledged): the job is still queued, with no message anywhere. The
+    outbox sends it again after XSD_DISPATCH_RETRY_SECONDS and it succeeds."""
+    stack = crash_stack
+    key = stack.new_key()
+    worker = stack.supervisor.children["gpu-worker"]
+    worker.terminate()
+    worker.wait(timeout=30)
+    queue = "gpu.xsd45.2k"
+    with stack.client(key) as client:
+        job = client.create_generation(
+            endUserEmail="alice@your-product.com", model="xSD4.5", prompt="a quiet lake"
+        )
+        deadline = time.monotonic() + 30
+        while not stack.redis.llen(queue):
+            assert time.monotonic() < deadline, "prepare never routed the job"
+            time.sleep(0.1)
+        stack.redis.delete(queue)  # the message is gone with the "dead" consumer
+        stack.supervisor.spawn("gpu-worker")
+        record = stack.wait(client, job["requestId"], timeout=120)
+    assert record["status"] == "succeeded", record
+    assert stack.balance(key.account) == 990
+    assert int(stack.redis.hget(f"xsd:job:{job['requestId']}", "dispatches") or 0) >= 1

@@ -28,6 +28,8 @@ METRICS = {
     "xsd_denoise_step_seconds_bucket",
     "xsd_storage_upload_seconds_bucket",
     "xsd_storage_failures_total",
+    "xsd_storage_give_ups_total",
+    "xsd_spool_bytes",
     "xsd_webhook_attempts_total",
     "xsd_webhook_give_ups_total",
     "xsd_xtokens_debited_total",
@@ -180,7 +182,7 @@ def _exported_series() -> set[str]:
     )
     names: set[str] = set()
     for kind, name in re.findall(
-        r'\b(Counter|Histogram|GaugeMetricFamily)\(\s*"(xsd_\w+)"', source
+        r'\b(Counter|Histogram|Gauge|GaugeMetricFamily)\(\s*"(xsd_\w+)"', source
     ):
         if kind == "Counter":
             names.add(name if name.endswith("_total") else f"{name}_total")

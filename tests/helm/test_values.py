@@ -104,6 +104,7 @@ def test_every_setting_reaches_the_processes(render) -> None:
         "s3Prefix": "p/",
         "device": "cuda:0",
         "publicBaseUrl": "https://api.example.net",
+        "spoolDir": "/data/spool",
     }
     signer = {"s3Signing": {"accessKeyId": "AKIASIGNER", "secretAccessKey": "s"}}
     manifests = render(merged(GPU_KEDA_MONITORING, config=optional, secrets=signer))

@@ -149,13 +149,15 @@ def test_an_unexpected_exception_while_claiming_fails_what_was_claimed(
     assert balance(runtime) == 1000
 
 
-def test_an_unexpected_exception_while_storing_fails_the_job(runtime: Runtime, monkeypatch) -> None:
+def test_an_unexpected_exception_while_encoding_fails_the_job(
+    runtime: Runtime, monkeypatch
+) -> None:
     import scheduler.execution as execution
 
-    def broken(rt: Runtime, record: JobRecord, images):
+    def broken(record: JobRecord, images):
         raise RuntimeError("the encoder crashed")
 
-    monkeypatch.setattr(execution, "store_images", broken)
+    monkeypatch.setattr(execution, "encode_images", broken)
     job = accept(runtime, 10)
     run_batch(runtime, [job])
     record = wait_terminal(runtime, [job])[job]
@@ -196,3 +198,54 @@ def test_a_job_cancelled_while_it_runs_stops_and_stays_charged(runtime: Runtime)
     assert record is not None and record.status is JobStatus.FAILED
     assert balance(runtime) == 1000 - 20, "a worker had claimed it: charged"
     assert runtime.store.delete_prefix(f"images/acme/{job}/") == 0, "nothing was stored"
+
+
+def test_finished_images_outlive_a_store_outage(runtime: Runtime, monkeypatch) -> None:
+    """The store refuses uploads for a while: the job stays processing, and once the store
+    is back it succeeds with every image (nothing storage_failed, nothing refunded)."""
+    from storage import UploadFailed
+
+    down = threading.Event()
+    down.set()
+    real_put = runtime.store.put
+
+    def put(key: str, data: bytes, *, content_type: str) -> None:
+        if down.is_set():
+            raise UploadFailed("connection refused (simulated outage)", key=key)
+        real_put(key, data, content_type=content_type)
+
+    monkeypatch.setattr(runtime.store, "put", put)
+    job = accept(runtime, 12, images=2)
+    run_batch(runtime, [job])
+    time.sleep(2)
+    record = runtime.jobs.get(job)
+    assert record is not None and record.status is JobStatus.PROCESSING, "kept, not dropped"
+    down.clear()
+    record = wait_terminal(runtime, [job], timeout=30)[job]
+    assert record.status is JobStatus.SUCCEEDED
+    assert [image.error for image in record.images] == [None, None]
+    assert balance(runtime) == 1000 - 20
+
+
+def test_references_unreadable_for_an_outage_wait_for_the_store(
+    runtime: Runtime, monkeypatch
+) -> None:
+    """The store is down when a job's references are read: the job is neither failed nor
+    run; its lease is let go, so the beat hands it out again once the store is back."""
+    from storage import StorageError
+
+    key = "refs/acme/req_exec000000000013/0.png"
+    runtime.store.put(key, b"png", content_type="image/png")
+
+    def down(key: str) -> bytes:
+        raise StorageError("connection refused (simulated outage)", key=key)
+
+    monkeypatch.setattr(runtime.store, "get", down)
+    job = accept(runtime, 13, reference_keys=(key,))
+    run_batch(runtime, [job])
+    record = runtime.jobs.get(job)
+    assert record is not None and record.status is JobStatus.PROCESSING
+    assert record.error is None and balance(runtime) == 990
+    from scheduler.execution import _state
+
+    assert not _state(runtime).leases.holds(job), "its lease lapses: nobody renews it"

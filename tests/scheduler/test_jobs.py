@@ -266,11 +266,11 @@ def test_the_outbox_holds_a_job_until_a_worker_claims_it(
     record = make_record(jobs)
     accept(jobs, record, dispatch_at_ms=record.created_ms + 1_000)
     assert redis_client.zscore(keys.DISPATCH, record.id) == record.created_ms + 1_000
-    jobs.mark_sent(record.id, resend_at_ms=record.created_ms + 300_000)
+    jobs.resend_at(record.id, record.created_ms + 300_000)
     assert redis_client.zscore(keys.DISPATCH, record.id) == record.created_ms + 300_000
     assert jobs.claim(record.id, lease_ms=1000).outcome == "claimed"
     assert redis_client.zscore(keys.DISPATCH, record.id) is None
-    jobs.mark_sent(record.id, resend_at_ms=record.created_ms + 600_000)
+    jobs.resend_at(record.id, record.created_ms + 600_000)
     assert redis_client.zscore(keys.DISPATCH, record.id) is None, "a late mark adds nothing"
     failed = make_record(jobs)
     accept(jobs, failed)

@@ -99,3 +99,26 @@ def test_reference_over_the_decode_budget_fails_the_job_and_refunds(
     assert record.error is not None and record.error["code"] == "validation_error"
     assert re.search(r"needs about \d+ MiB, more than the 8 MiB allowed", record.error["message"])
     assert runtime.accounts.info("acme")["balance"] == 1000
+
+
+def test_a_store_outage_makes_the_job_wait_not_fail(
+    runtime: Runtime, image_host: ImageHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scheduler import keys
+    from storage import UploadFailed
+
+    def down(key: str, data: bytes, *, content_type: str) -> None:
+        raise UploadFailed("connection refused (simulated outage)", key=key)
+
+    monkeypatch.setattr(runtime.store, "put", down)
+    job_id = queue(runtime, image_host.add_image("/ref.png", png_bytes()))
+    prepare(runtime, job_id)
+    record = runtime.jobs.get(job_id)
+    assert record is not None and record.status is JobStatus.QUEUED, "waits for the store"
+    assert runtime.accounts.info("acme")["balance"] == 990
+    due = runtime.redis.zscore(keys.DISPATCH, job_id)
+    assert due is not None and 20_000 <= due - runtime.jobs.now_ms() <= 30_000, "tried again"
+    monkeypatch.undo()
+    prepare(runtime, job_id)
+    record = runtime.jobs.get(job_id)
+    assert record is not None and record.prepared_ms is not None and record.reference_keys

@@ -175,3 +175,38 @@ def test_a_generate_message_that_died_with_a_worker_is_sent_again(crash_stack: S
     assert record["status"] == "succeeded", record
     assert stack.balance(key.account) == 990
     assert int(stack.redis.hget(f"xsd:job:{job['requestId']}", "dispatches") or 0) >= 1
+
+
+def test_a_worker_that_dies_with_spooled_images_has_its_job_generated_again(
+    crash_stack: Stack,
+) -> None:
+    """The store refuses an image, so the job's images wait in the GPU worker's spool; the
+    worker is SIGKILLed: the spool dies with it, the job's lease lapses, and the restarted
+    worker (which clears what its predecessor left) generates the job again. It succeeds
+    under attempt 2 and is charged once."""
+    stack = crash_stack
+    key = stack.new_key()
+    with stack.client(key) as client:
+        job = client.create_generation(
+            endUserEmail="alice@your-product.com", model="xSD4.5", prompt="two boats", n=2
+        )
+        request_id = job["requestId"]
+        folder = Path(stack.settings.objects_dir) / "images" / key.account / request_id
+        blocker = folder / "1.png"
+        blocker.mkdir(parents=True)  # a directory where the image must go: uploads fail
+        spool = Path(stack.settings.data_dir) / "spool"
+        deadline = time.monotonic() + 120
+        while not any(spool.glob(f"{request_id}.*/1.png")):
+            assert time.monotonic() < deadline, "the image never reached the spool"
+            time.sleep(0.1)
+        worker = stack.supervisor.children["gpu-worker"]
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        blocker.rmdir()
+        stack.supervisor.spawn("gpu-worker")
+        record = stack.wait(client, request_id, timeout=180)
+    assert record["status"] == "succeeded", record
+    assert all("url" in image for image in record["images"])
+    assert stack.balance(key.account) == 980, "charged once"
+    assert stack.redis.hget(f"xsd:job:{request_id}", "attempt") == "2"
+    assert not any(spool.glob(f"{request_id}.1")), "the dead worker's spool was cleared"

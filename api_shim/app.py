@@ -8,11 +8,11 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram
 
-from scheduler.celery_app import CPU_QUEUE, gpu_queues
 from scheduler.metrics import QueueDepthCollector, register_once
-from scheduler.ratelimit import RateStatus
+from scheduler.redis.ratelimit import RateStatus
 from scheduler.runtime import Runtime
 from scheduler.service import Service
+from scheduler.stages.celery_app import CPU_QUEUE, gpu_queues
 
 from . import openapi, ops, routes
 from .errors import install_handlers, rate_limit_headers

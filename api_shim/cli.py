@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from scheduler.accounts import Accounts
-from scheduler.embedded_redis import embedded_or_running
 from scheduler.errors import SchedulerError
+from scheduler.redis.accounts import Accounts
+from scheduler.redis.embedded import embedded_or_running
 from scheduler.settings import Settings
 
 __all__ = ["main"]
@@ -101,7 +101,7 @@ def api(host: str | None, port: int | None) -> None:
 @click.option("--hostname", default=None, help="Celery node name.")
 def worker(queues: str, concurrency: int | None, hostname: str | None) -> None:
     """Run a Celery worker."""
-    from scheduler.worker import run_worker
+    from scheduler.process.worker import run_worker
 
     _logging()
     run_worker(_settings(), queues=queues, concurrency=concurrency, hostname=hostname)
@@ -111,7 +111,7 @@ def worker(queues: str, concurrency: int | None, hostname: str | None) -> None:
 @click.option("--hostname", required=True, help="Celery node name of the worker to drain.")
 def drain(hostname: str) -> None:
     """Make a worker stop taking jobs; what it runs still finishes (preStop hook)."""
-    from scheduler.worker import drain as drain_worker
+    from scheduler.process.worker import drain as drain_worker
 
     queues = drain_worker(_settings(), hostname=hostname)
     click.echo(f"{hostname} stopped consuming: {', '.join(queues) or 'nothing (not found)'}")
@@ -120,7 +120,7 @@ def drain(hostname: str) -> None:
 @main.command()
 def beat() -> None:
     """Run the beat (the reaper tick)."""
-    from scheduler.worker import run_beat
+    from scheduler.process.worker import run_beat
 
     _logging()
     run_beat(_settings())

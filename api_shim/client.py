@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from scheduler.signing import SignatureError, verify
+from scheduler.net.signing import SignatureError, verify
 
 __all__ = ["XsdClient", "ApiError", "verify_webhook", "SignatureError", "TERMINAL_STATUSES"]
 
@@ -133,9 +133,7 @@ class XsdClient:
         Retries reuse the ``Idempotency-Key`` (a new one when none is given)."""
         headers = {"Idempotency-Key": idempotency_key or f"xsd-client-{uuid.uuid4()}"}
         payload = {k: v for k, v in body.items() if v is not None}
-        return self._call(
-            "POST", "/v1/generations", json=payload, headers=headers, replayable=True
-        )
+        return self._call("POST", "/v1/generations", json=payload, headers=headers, replayable=True)
 
     def get_generation(self, request_id: str) -> dict[str, Any]:
         """GET /v1/generations/:id."""

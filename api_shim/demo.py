@@ -14,8 +14,8 @@ from pathlib import Path
 
 import redis
 
-from scheduler.accounts import Accounts
-from scheduler.embedded_redis import free_port
+from scheduler.redis.accounts import Accounts
+from scheduler.redis.embedded import free_port
 from scheduler.settings import Settings
 
 from .client import XsdClient

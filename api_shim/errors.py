@@ -26,7 +26,7 @@ from scheduler.errors import (
     RateLimited,
     SchedulerError,
 )
-from scheduler.outage import OUTAGE_ERRORS, RETRY_AFTER_SECONDS
+from scheduler.redis.outage import OUTAGE_ERRORS, RETRY_AFTER_SECONDS
 
 __all__ = ["ApiError", "error_response", "install_handlers", "rate_limit_headers"]
 

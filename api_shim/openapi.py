@@ -1,7 +1,7 @@
 """The OpenAPI document: response shapes, every status each endpoint answers, and the
 request body of ``POST /v1/generations``.
 
-The handlers return plain dicts (built by :mod:`scheduler.views` and the service), so the
+The handlers return plain dicts (built by :mod:`scheduler.jobs.views` and the service), so the
 models here document those dicts and are never used to serialise them; the schemathesis
 test checks live responses against them. The request body is validated by hand (see
 :mod:`api_shim.body`), so FastAPI cannot derive its schema: :func:`install` adds it, with
@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from scheduler.states import JobErrorCode, JobStatus
+from scheduler.jobs.states import JobErrorCode, JobStatus
 
 from .schemas import GenerationBody
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scheduler.objects import open_signed_file
+from scheduler.jobs.objects import open_signed_file
 
 from .openapi import errors
 from .routes import service_of

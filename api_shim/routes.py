@@ -16,8 +16,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from scheduler.accounts import Principal
 from scheduler.errors import AuthenticationFailed
+from scheduler.redis.accounts import Principal
 from scheduler.service import Service
 
 from .body import JSON_MEDIA_TYPE, check_media_type, parse_object, read_body

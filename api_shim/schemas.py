@@ -15,16 +15,16 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from scheduler.errors import UnsafeURL
-from scheduler.inputs import (
+from scheduler.jobs.inputs import (
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
     MAX_PROMPT_TOKENS,
     frame_count,
     prompt_tokens,
 )
-from scheduler.netguard import NetPolicy, check_url
-from scheduler.records import JobInput
-from scheduler.sizes import AspectRatio, SizeError, parse_size
+from scheduler.jobs.records import JobInput
+from scheduler.jobs.sizes import AspectRatio, SizeError, parse_size
+from scheduler.net.policy import NetPolicy, check_url
 
 __all__ = [
     "ValidationContext",

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler.embedded_redis import EmbeddedRedis, find_running
+from scheduler.process.worker import EXIT_MODEL_UNAVAILABLE
+from scheduler.redis.embedded import EmbeddedRedis, find_running
 from scheduler.settings import Settings
-from scheduler.worker import EXIT_MODEL_UNAVAILABLE
 
 __all__ = ["Supervisor", "STOP_GRACE_SECONDS"]
 

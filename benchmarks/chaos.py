@@ -55,8 +55,8 @@ from typing import Any
 
 import redis
 
-from scheduler import keys
-from scheduler.states import JobStatus
+from scheduler.jobs.states import JobStatus
+from scheduler.redis import keys
 
 from .chaos_load import TERMINAL, Account, Monitor, Submitter, plan_jobs
 from .chaos_net import ProxyMode

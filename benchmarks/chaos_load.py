@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 import httpx
 import redis
 
-from scheduler import keys
-from scheduler.states import JobStatus
+from scheduler.jobs.states import JobStatus
+from scheduler.redis import keys
 
 __all__ = ["Account", "JobSpec", "Submission", "plan_jobs", "Submitter", "Monitor", "Observation"]
 

@@ -26,7 +26,7 @@ from typing import Self
 from PIL import Image
 
 from api_shim.client import SignatureError, verify_webhook
-from scheduler.embedded_redis import free_port
+from scheduler.redis.embedded import free_port
 
 __all__ = ["ProxyMode", "TcpProxy", "Delivery", "WebhookReceiver", "ImageHost"]
 

@@ -25,8 +25,8 @@ import redis
 from botocore.config import Config
 
 from api_shim.supervisor import Supervisor
-from scheduler.accounts import Accounts
-from scheduler.embedded_redis import EmbeddedRedis, free_port, free_port_block
+from scheduler.redis.accounts import Accounts
+from scheduler.redis.embedded import EmbeddedRedis, free_port, free_port_block
 from scheduler.settings import Settings
 
 from .chaos_net import ImageHost, ProxyMode, TcpProxy, WebhookReceiver

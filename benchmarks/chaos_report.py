@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import redis
 
-from scheduler import keys
-from scheduler.records import PRICE_PER_IMAGE
+from scheduler.jobs.records import PRICE_PER_IMAGE
+from scheduler.redis import keys
 
 from .chaos_load import TERMINAL, Account, Monitor, Submitter
 from .chaos_net import Delivery

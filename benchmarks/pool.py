@@ -35,8 +35,8 @@ import httpx
 import redis
 
 from api_shim.supervisor import Supervisor
-from scheduler.accounts import Accounts
-from scheduler.embedded_redis import free_port, free_port_block
+from scheduler.redis.accounts import Accounts
+from scheduler.redis.embedded import free_port, free_port_block
 from scheduler.settings import Settings
 
 __all__ = ["main", "run"]
@@ -177,7 +177,7 @@ def _throughput_phase(
 def _bare_pipeline(*, batch: int, seconds: float) -> dict[str, float]:
     """The same requests through the pipeline alone, plus PNG encoding."""
     from pipeline import GenerationRequest, ModelRegistry, encode_png, load_generator
-    from scheduler.execution import PNG_COMPRESS_LEVEL
+    from scheduler.stages.execution import PNG_COMPRESS_LEVEL
 
     generator = load_generator(ModelRegistry.from_config(None).get("xSD4.5"))
     requests = [

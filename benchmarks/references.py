@@ -5,7 +5,7 @@
 canvases, serves them over HTTP on loopback and, for each case, in a fresh subprocess,
 runs the prepare stage's reference path as the CPU worker does: ``--jobs`` prepare tasks
 at once in a thread pool (the worker's ``--concurrency`` 8), each fetching and decoding
-its ``--refs`` references with ``scheduler.prepare._fetch_all`` (4 fetch threads a job).
+its ``--refs`` references with ``scheduler.stages.prepare._fetch_all`` (4 fetch threads a job).
 Storing the reduced references is left out: it needs Redis and costs little.
 
 For each case it reports the subprocess's peak resident set size and its baseline after
@@ -109,10 +109,10 @@ def _high_water_mib() -> int:
 
 
 def _tune_allocator() -> bool:
-    """What the CPU worker does at start (``scheduler.worker.run_worker``); code from before
+    """What the CPU worker does at start (``scheduler.process.worker.run_worker``); code from before
     issue 8 has no such step."""
     try:
-        from scheduler.allocator import return_large_frees
+        from scheduler.process.allocator import return_large_frees
     except ImportError:
         return False
     return return_large_frees()
@@ -122,11 +122,11 @@ def _child(url: str, jobs: int, refs: int, *, plain_allocator: bool) -> dict[str
     """In the subprocess: the CPU worker's prepare path, ``jobs`` tasks at once."""
     logging.disable(logging.WARNING)  # XSD_ALLOW_PRIVATE_URLS's warning, once per task
     allocator_tuned = False if plain_allocator else _tune_allocator()
-    from scheduler.prepare import _fetch_all
-    from scheduler.records import JobRecord
+    from scheduler.jobs.records import JobRecord
+    from scheduler.jobs.states import JobStatus
     from scheduler.runtime import Runtime
     from scheduler.settings import Settings
-    from scheduler.states import JobStatus
+    from scheduler.stages.prepare import _fetch_all
 
     settings = Settings(
         data_dir=Path(tempfile.gettempdir()) / "xsd-refbench",  # nothing is written there
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--plain-allocator",
         action="store_true",
-        help="Skip the CPU worker's allocator setting (scheduler.allocator), to see its share.",
+        help="Skip the CPU worker's allocator setting (scheduler.process.allocator).",
     )
     parser.add_argument("--json", type=Path, default=None, help="Write the figures here.")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -15,15 +15,15 @@ import redis
 from pipeline import DecodeBudget, ModelRegistry
 from storage import ObjectStore
 
-from .accounts import Accounts
-from .celery_app import configure
-from .embedded_redis import find_running
-from .jobs import JobStore
-from .moderation import Moderator
-from .netguard import NetPolicy
-from .objects import make_store
-from .ratelimit import RateLimiter
+from .jobs.objects import make_store
+from .jobs.store import JobStore
+from .net.policy import NetPolicy
+from .redis.accounts import Accounts
+from .redis.embedded import find_running
+from .redis.ratelimit import RateLimiter
 from .settings import Settings
+from .stages.celery_app import configure
+from .stages.moderation import Moderator
 
 __all__ = ["Runtime", "resolve_redis_url", "init", "current"]
 

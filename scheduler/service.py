@@ -18,17 +18,17 @@ import redis
 from storage import StorageError
 
 from . import metrics
-from .accounts import Principal
-from .celery_app import send_prepare
 from .errors import Conflict, InvalidRequest, NotFound
-from .lifecycle import delete_job, fail_job
-from .outage import Outage
-from .ratelimit import RateStatus
-from .records import JobInput, JobRecord
+from .jobs.records import JobInput, JobRecord
+from .jobs.sizes import largest_pixels, parse_size, resolve
+from .jobs.states import JobErrorCode, JobStatus
+from .jobs.views import inlines, iso_time, public_view, stream_view
+from .redis.accounts import Principal
+from .redis.outage import Outage
+from .redis.ratelimit import RateStatus
 from .runtime import Runtime
-from .sizes import largest_pixels, parse_size, resolve
-from .states import JobErrorCode, JobStatus
-from .views import inlines, iso_time, public_view, stream_view
+from .stages.celery_app import send_prepare
+from .stages.lifecycle import delete_job, fail_job
 
 __all__ = ["Service", "new_job_id"]
 

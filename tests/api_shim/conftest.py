@@ -17,8 +17,8 @@ import redis
 import uvicorn
 
 from api_shim.app import create_app
-from scheduler.accounts import NewKey
-from scheduler.embedded_redis import free_port
+from scheduler.redis.accounts import NewKey
+from scheduler.redis.embedded import free_port
 from scheduler.runtime import Runtime, init
 from scheduler.settings import Settings
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from scheduler import keys
-from scheduler.records import ImageResult
+from scheduler.jobs.records import ImageResult
+from scheduler.redis import keys
 from storage import ObjectNotFound
 
 from .conftest import RATE_LIMIT, VALID, Api

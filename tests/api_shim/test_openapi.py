@@ -13,7 +13,7 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from scheduler.embedded_redis import free_port
+from scheduler.redis.embedded import free_port
 from scheduler.runtime import Runtime
 
 from .conftest import Api, serving

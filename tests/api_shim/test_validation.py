@@ -13,7 +13,7 @@ import pytest
 
 from api_shim import schemas
 from api_shim.body import MAX_JSON_DEPTH
-from scheduler.inputs import MAX_PROMPT_CHARS, prompt_tokens
+from scheduler.jobs.inputs import MAX_PROMPT_CHARS, prompt_tokens
 
 from .conftest import MAX_BODY_BYTES, VALID, Api
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scheduler.embedded_redis import free_port, free_port_block
+from scheduler.redis.embedded import free_port, free_port_block
 
 pytestmark = pytest.mark.slow
 
@@ -172,8 +172,8 @@ def test_a_gpu_worker_whose_model_cannot_load_exits_before_taking_jobs(
     saying why, and the waiting message stays in the queue for a worker that can."""
     import redis
 
-    from scheduler.celery_app import gpu_queue
-    from scheduler.worker import EXIT_MODEL_UNAVAILABLE
+    from scheduler.process.worker import EXIT_MODEL_UNAVAILABLE
+    from scheduler.stages.celery_app import gpu_queue
 
     client = redis.Redis.from_url(redis_url)
     queue = gpu_queue("xSD4.5", "2k")

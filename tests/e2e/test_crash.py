@@ -126,7 +126,7 @@ def test_a_job_whose_enqueue_was_lost_still_runs(crash_stack: Stack, monkeypatch
     real API: the replay is answered 202 with the same job, which the outbox hands to the
     workers; it succeeds and is charged once."""
     import scheduler.service as service_module
-    from scheduler.records import JobInput
+    from scheduler.jobs.records import JobInput
     from scheduler.runtime import init
     from scheduler.service import Service
 

@@ -17,8 +17,8 @@ import pytest
 import redis
 
 from api_shim.client import XsdClient
-from scheduler.accounts import Accounts
-from scheduler.embedded_redis import EmbeddedRedis, free_port
+from scheduler.redis.accounts import Accounts
+from scheduler.redis.embedded import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.slow
 

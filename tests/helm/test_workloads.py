@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from scheduler.celery_app import gpu_queues
+from scheduler.stages.celery_app import gpu_queues
 
 from .conftest import (
     EXTERNAL,

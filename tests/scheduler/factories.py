@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from scheduler.jobs import JobStore
-from scheduler.records import JobRecord
-from scheduler.states import JobStatus
+from scheduler.jobs.records import JobRecord
+from scheduler.jobs.states import JobStatus
+from scheduler.jobs.store import JobStore
 
 _ids = itertools.count()
 

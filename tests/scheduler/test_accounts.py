@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from scheduler import keys
-from scheduler.accounts import Accounts
 from scheduler.errors import AuthenticationFailed, InvalidRequest, NotFound
+from scheduler.redis import keys
+from scheduler.redis.accounts import Accounts
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import io, resource, sys
 from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 from pipeline import DecodeBudget, decode_image
-from scheduler.allocator import return_large_frees
+from scheduler.process.allocator import return_large_frees
 assert return_large_frees()
 buffer = io.BytesIO()
 Image.new("RGB", (2000, 2000), (9, 99, 199)).save(buffer, format="PNG")

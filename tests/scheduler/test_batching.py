@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scheduler.batching import plan_batches
+from scheduler.stages.batching import plan_batches
 
 MP = 1024 * 1024
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from scheduler.embedded_redis import EmbeddedRedis
+from scheduler.redis.embedded import EmbeddedRedis
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from scheduler.execution import run_batch
-from scheduler.records import JobRecord
+from scheduler.jobs.records import JobRecord
+from scheduler.jobs.states import JobStatus
 from scheduler.runtime import Runtime, init
 from scheduler.settings import Settings
-from scheduler.states import JobStatus
+from scheduler.stages.execution import run_batch
 
 from .factories import accept as store
 from .factories import job_record
@@ -117,7 +117,7 @@ def balance(rt: Runtime) -> int:
 
 
 def test_a_model_that_cannot_load_fails_and_refunds_its_jobs(runtime: Runtime, monkeypatch) -> None:
-    import scheduler.execution as execution
+    import scheduler.stages.execution as execution
 
     def missing(rt: Runtime, alias: str):
         raise ModuleNotFoundError("No module named 'diffusers'")
@@ -136,7 +136,7 @@ def test_a_model_that_cannot_load_fails_and_refunds_its_jobs(runtime: Runtime, m
 def test_an_unexpected_exception_while_claiming_fails_what_was_claimed(
     runtime: Runtime, monkeypatch
 ) -> None:
-    import scheduler.execution as execution
+    import scheduler.stages.execution as execution
 
     def broken(rt: Runtime, record: JobRecord):
         raise KeyError("a bug")
@@ -152,7 +152,7 @@ def test_an_unexpected_exception_while_claiming_fails_what_was_claimed(
 def test_an_unexpected_exception_while_encoding_fails_the_job(
     runtime: Runtime, monkeypatch
 ) -> None:
-    import scheduler.execution as execution
+    import scheduler.stages.execution as execution
 
     def broken(record: JobRecord, images):
         raise RuntimeError("the encoder crashed")
@@ -166,8 +166,8 @@ def test_an_unexpected_exception_while_encoding_fails_the_job(
 
 
 def test_a_job_cancelled_while_it_runs_stops_and_stays_charged(runtime: Runtime) -> None:
-    from scheduler.lifecycle import fail_job
-    from scheduler.states import JobErrorCode
+    from scheduler.jobs.states import JobErrorCode
+    from scheduler.stages.lifecycle import fail_job
 
     job = accept(runtime, 11, images=2, size=(4096, 4096))
     generated, stopped = sample("xsd_images_generated_total"), sample("xsd_jobs_stopped_total")
@@ -246,6 +246,6 @@ def test_references_unreadable_for_an_outage_wait_for_the_store(
     record = runtime.jobs.get(job)
     assert record is not None and record.status is JobStatus.PROCESSING
     assert record.error is None and balance(runtime) == 990
-    from scheduler.execution import _state
+    from scheduler.stages.execution import _state
 
     assert not _state(runtime).leases.holds(job), "its lease lapses: nobody renews it"

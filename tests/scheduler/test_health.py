@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from scheduler import health
+from scheduler.process import health
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import redis
 
-from scheduler import keys
-from scheduler.accounts import Accounts
 from scheduler.errors import Conflict, InsufficientBalance, InvalidRequest, NotFound
-from scheduler.jobs import JobStore
-from scheduler.records import ImageResult, JobRecord
-from scheduler.states import InvalidTransition, JobErrorCode, JobStatus
+from scheduler.jobs.records import ImageResult, JobRecord
+from scheduler.jobs.states import InvalidTransition, JobErrorCode, JobStatus
+from scheduler.jobs.store import JobStore
+from scheduler.redis import keys
+from scheduler.redis.accounts import Accounts
 
 from .factories import accept, job_record
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scheduler.moderation import Moderator
+from scheduler.stages.moderation import Moderator
 
 
 def test_blocked_terms_on_word_boundaries() -> None:

@@ -27,9 +27,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from scheduler import netguard
 from scheduler.errors import FetchFailed, FetchTooLarge, UnsafeURL
-from scheduler.netguard import CheckedURL, NetPolicy, check_url, fetch, post
+from scheduler.net import policy as netpolicy
+from scheduler.net.guard import fetch, post
+from scheduler.net.policy import CheckedURL, NetPolicy, check_url
 
 LOOPBACK = ip_network("127.0.0.1/32")
 CDN = "images.example-cdn.test"
@@ -464,11 +465,11 @@ def test_exempt_networks_open_only_those_addresses() -> None:
 def test_allow_private_lets_everything_through_and_warns_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    netguard._warn_allow_private.cache_clear()
+    netpolicy._warn_allow_private.cache_clear()
     policy = NetPolicy(
         allow_private=True, resolver=_resolver({"db.internal": ["10.0.0.5"], "hooks": ["::1"]})
     )
-    with caplog.at_level(logging.WARNING, logger="scheduler.netguard"):
+    with caplog.at_level(logging.WARNING, logger="scheduler.net.policy"):
         assert check_url("http://127.0.0.1:9/", policy).addresses == ("127.0.0.1",)
         assert check_url("http://[::ffff:169.254.169.254]/", policy).host == "::ffff:a9fe:a9fe"
         assert check_url("https://db.internal/", policy).addresses == ("10.0.0.5",)

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from scheduler.prepare import prepare
+from scheduler.jobs.states import JobStatus
 from scheduler.runtime import Runtime, init
 from scheduler.settings import Settings
-from scheduler.states import JobStatus
+from scheduler.stages.prepare import prepare
 from tests.fixtures.images import INFLATING_CHUNKS, inflating_png, text_flood_png
 from tests.fixtures.receivers import ImageHost, png_bytes
 
@@ -104,7 +104,7 @@ def test_reference_over_the_decode_budget_fails_the_job_and_refunds(
 def test_a_store_outage_makes_the_job_wait_not_fail(
     runtime: Runtime, image_host: ImageHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scheduler import keys
+    from scheduler.redis import keys
     from storage import UploadFailed
 
     def down(key: str, data: bytes, *, content_type: str) -> None:

@@ -6,7 +6,7 @@ import pytest
 import redis
 
 from scheduler.errors import RateLimited
-from scheduler.ratelimit import RateLimiter
+from scheduler.redis.ratelimit import RateLimiter
 
 
 class Clock:

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from scheduler import keys
-from scheduler.celery_app import CPU_QUEUE
-from scheduler.reaper import tick
-from scheduler.records import JobRecord
+from scheduler.jobs.records import JobRecord
+from scheduler.jobs.states import JobErrorCode, JobStatus
+from scheduler.redis import keys
 from scheduler.runtime import Runtime, init
 from scheduler.settings import Settings
-from scheduler.states import JobErrorCode, JobStatus
+from scheduler.stages.celery_app import CPU_QUEUE
+from scheduler.stages.reaper import tick
 
 from .factories import accept as store
 from .factories import job_record
@@ -148,7 +148,7 @@ def test_claimed_and_finished_jobs_leave_the_outbox(runtime: Runtime) -> None:
 
 
 def test_a_failing_duty_does_not_stop_the_others(runtime: Runtime, monkeypatch) -> None:
-    import scheduler.reaper as reaper
+    import scheduler.stages.reaper as reaper
 
     def broken(rt: Runtime, now_ms: int) -> int:
         raise redis.ConnectionError("Redis went away mid-tick")

@@ -8,7 +8,7 @@ import hmac
 import pytest
 
 from api_shim.client import verify_webhook
-from scheduler.signing import SignatureError, sign, signature_headers, verify
+from scheduler.net.signing import SignatureError, sign, signature_headers, verify
 
 SECRET = "whsec_test"
 BODY = b'{"requestId":"req_x","status":"succeeded"}'

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.sizes import (
+from scheduler.jobs.sizes import (
     MAX_PIXELS,
     MIN_PIXELS,
     PRESETS,

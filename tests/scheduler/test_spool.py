@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.records import ImageResult
-from scheduler.spool import Spool, Upload
+from scheduler.jobs.records import ImageResult
+from scheduler.stages.spool import Spool, Upload
 from storage import LocalStore, UploadFailed
 
 

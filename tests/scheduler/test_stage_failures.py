@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import keys
-from scheduler.prepare import prepare
+from scheduler.jobs.states import JobErrorCode, JobStatus
+from scheduler.redis import keys
 from scheduler.runtime import Runtime, init
 from scheduler.settings import Settings
-from scheduler.states import JobErrorCode, JobStatus
-from scheduler.webhooks import deliver
+from scheduler.stages.prepare import prepare
+from scheduler.stages.webhooks import deliver
 
 from .factories import accept, job_record
 
@@ -53,7 +53,7 @@ def test_an_unexpected_exception_in_prepare_fails_and_refunds(
 def test_an_unexpected_exception_while_delivering_keeps_the_webhook_due(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import scheduler.webhooks as webhooks
+    import scheduler.stages.webhooks as webhooks
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in the transport")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.jobs import ACTIVE_STATUSES
-from scheduler.states import InvalidTransition, JobStatus, check_transition, sources_of
+from scheduler.jobs.states import InvalidTransition, JobStatus, check_transition, sources_of
+from scheduler.jobs.store import ACTIVE_STATUSES
 
 
 def test_allowed_paths() -> None:

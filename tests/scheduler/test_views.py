@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scheduler.records import ImageResult, JobRecord
-from scheduler.states import JobStatus
-from scheduler.views import iso_time, public_view
-from scheduler.webhooks import backoff_seconds
+from scheduler.jobs.records import ImageResult, JobRecord
+from scheduler.jobs.states import JobStatus
+from scheduler.jobs.views import iso_time, public_view
+from scheduler.stages.webhooks import backoff_seconds
 from storage import LocalStore
 
 from .factories import job_record
@@ -113,7 +113,7 @@ def test_a_b64_record_streams_one_image_at_a_time(tmp_path: Path) -> None:
     import base64
     import json
 
-    from scheduler.views import stream_view
+    from scheduler.jobs.views import stream_view
 
     counting = CountingStore(tmp_path, base_url="https://api.test", signing_key=b"k")
     images = []

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.records import ImageResult
+from scheduler.jobs.records import ImageResult
 from scheduler.runtime import Runtime, init
 from scheduler.settings import Settings
-from scheduler.webhooks import render_body
+from scheduler.stages.webhooks import render_body
 
 from .factories import accept, job_record
 

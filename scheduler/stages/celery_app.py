@@ -12,7 +12,7 @@ import re
 
 from celery import Celery
 
-from .settings import Settings
+from ..settings import Settings
 
 __all__ = [
     "app",
@@ -29,7 +29,7 @@ __all__ = [
 CPU_QUEUE = "cpu"
 SIZE_CLASSES = ("2k", "4k")
 
-app = Celery("xsd", include=["scheduler.tasks"])
+app = Celery("xsd", include=["scheduler.stages.tasks"])
 
 
 def _slug(alias: str) -> str:

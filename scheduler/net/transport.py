@@ -1,6 +1,6 @@
 """The SSRF guard's transport: one HTTP/1.1 exchange over a socket pinned to checked addresses.
 
-``scheduler.netguard`` decides what may be reached; this module only carries out a request
+``scheduler.net.policy`` decides what may be reached; this module only carries out a request
 to a ``CheckedURL`` without ever resolving its host again. It is built on ``http.client``
 over sockets it opens itself, which keeps every step in view: no connection pool, no
 retries, no proxies from the environment, no automatic decompression.
@@ -19,10 +19,10 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from .errors import FetchFailed, FetchTooLarge
+from ..errors import FetchFailed, FetchTooLarge
 
 if TYPE_CHECKING:
-    from .netguard import CheckedURL
+    from .policy import CheckedURL
 
 __all__ = ["Deadline", "exchange", "read_body", "discard_body", "USER_AGENT"]
 

@@ -9,11 +9,12 @@ from functools import partial
 from celery.signals import worker_ready
 from celery.worker.consumer import Consumer
 
-from . import health, metrics
+from .. import metrics
+from ..runtime import Runtime, init
+from ..settings import Settings
+from ..stages.celery_app import CPU_QUEUE, app, gpu_queues
+from . import health
 from .allocator import return_large_frees
-from .celery_app import CPU_QUEUE, app, gpu_queues
-from .runtime import Runtime, init
-from .settings import Settings
 
 __all__ = ["EXIT_MODEL_UNAVAILABLE", "expand_queues", "run_worker", "run_beat", "drain"]
 
@@ -39,7 +40,7 @@ def _preload(runtime: Runtime, queues: list[str]) -> None:
     """Load the models of these queues before consuming anything, so the first job does not
     pay for it and a model that cannot load (missing weights, a missing package) stops the
     worker with :data:`EXIT_MODEL_UNAVAILABLE` instead of holding jobs it cannot run."""
-    from .execution import generator_for
+    from ..stages.execution import generator_for
 
     for alias in runtime.registry.aliases():
         if not any(q in queues for q in gpu_queues([alias])):
@@ -91,7 +92,7 @@ def run_worker(
     argv += ["--without-gossip", "--without-mingle"]
     if gpu:
         _preload(runtime, names)
-        from .tasks import configure_batching
+        from ..stages.tasks import configure_batching
 
         configure_batching(
             max_jobs=settings.batch_max_jobs, wait_seconds=settings.batch_wait_seconds
@@ -109,7 +110,7 @@ def run_worker(
     @worker_ready.connect(weak=False)
     def _ready(sender: Consumer, **_: object) -> None:
         if gpu:
-            from .execution import when_spool_full
+            from ..stages.execution import when_spool_full
 
             when_spool_full(partial(_pause_for_spool, sender, names))
         health.ready.set()

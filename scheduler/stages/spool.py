@@ -33,8 +33,8 @@ from pathlib import Path
 
 from storage import ObjectStore, StorageError
 
-from . import metrics
-from .records import ImageResult
+from .. import metrics
+from ..jobs.records import ImageResult
 
 __all__ = ["RESUME_FRACTION", "Upload", "Spool"]
 

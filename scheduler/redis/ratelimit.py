@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import redis
 
+from ..errors import RateLimited
 from . import keys
-from .errors import RateLimited
 from .scripts import Scripts
 
 __all__ = ["RateStatus", "RateLimiter"]

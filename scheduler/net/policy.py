@@ -1,18 +1,16 @@
-"""The SSRF guard: which URLs outbound requests may reach, and the requests themselves.
+"""The SSRF guard's policy: which URLs outbound requests may reach.
 
 Reference images (GET) and webhooks (POST) go to URLs that users choose, from machines that
 can see the cluster's private network and the cloud metadata service. Every such request
 goes through this module:
 
-1. ``check_url`` parses the URL strictly, resolves its host once, and refuses it unless
-   every address is public (``NetPolicy`` relaxes this for tests and development).
-2. ``fetch`` and ``post`` connect to exactly the addresses that were checked and never
-   resolve again, so a DNS answer that changes between check and connect (rebinding) gains
-   nothing; TLS still verifies the certificate against the host name.
-3. Redirects are followed by hand and every hop is checked again; bodies are capped while
-   they stream; one deadline bounds the whole call.
-
-The transport (pinned sockets, TLS, the deadline) lives in ``scheduler.http_fetch``.
+1. ``check_url`` (here) parses the URL strictly, resolves its host once, and refuses it
+   unless every address is public (``NetPolicy`` relaxes this for tests and development).
+2. :mod:`scheduler.net.transport` connects to exactly the addresses that were checked and
+   never resolves again, so a DNS answer that changes between check and connect
+   (rebinding) gains nothing; TLS still verifies the certificate against the host name.
+3. :mod:`scheduler.net.guard`'s ``fetch`` and ``post`` follow redirects by hand, checking
+   every hop again; bodies are capped while they stream; one deadline bounds the whole call.
 """
 
 from __future__ import annotations
@@ -22,14 +20,13 @@ import ipaddress
 import logging
 import re
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urlsplit
 
-from . import http_fetch
-from .errors import FetchFailed, UnsafeURL
+from ..errors import FetchFailed, UnsafeURL
 
-__all__ = ["NetPolicy", "CheckedURL", "Fetched", "check_url", "fetch", "post", "MAX_URL_LENGTH"]
+__all__ = ["NetPolicy", "CheckedURL", "check_url", "check_request_url", "MAX_URL_LENGTH"]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +35,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_LENGTH = 2048
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_POST_RESPONSE_BYTES = 64 * 1024
-_CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 # Characters left as they are in the request target; everything else (spaces, non-ASCII,
 # quotes) is percent-encoded, as browsers do, so the request line stays valid HTTP.
@@ -132,16 +126,6 @@ class CheckedURL:
     """Every address the host stands for, all allowed; ``()`` for a name not resolved."""
 
 
-@dataclass(frozen=True)
-class Fetched:
-    """A fetched body, exactly as sent (never decompressed)."""
-
-    data: bytes
-    content_type: str | None
-    url: str
-    """The URL the body came from, after redirects."""
-
-
 class _Unresolvable(Exception):
     """The host name did not resolve: unsafe when validating, a failed fetch when fetching."""
 
@@ -158,86 +142,15 @@ def check_url(url: str, policy: NetPolicy, *, resolve: bool = True) -> CheckedUR
         raise UnsafeURL(str(exc)) from exc
 
 
-def fetch(
-    url: str,
-    policy: NetPolicy,
-    *,
-    max_bytes: int,
-    timeout: float,
-    max_redirects: int = 3,
-    headers: Mapping[str, str] | None = None,
-) -> Fetched:
-    """GET ``url`` through the guard, following at most ``max_redirects`` redirects.
-
-    ``timeout`` bounds the whole call (every hop, connect to last byte). Raises
-    ``UnsafeURL`` for a URL or redirect the policy refuses, ``FetchTooLarge`` when the body
-    exceeds ``max_bytes`` (declared or while streaming), ``FetchFailed`` otherwise."""
-    if max_bytes < 0 or timeout <= 0 or max_redirects < 0:
-        raise ValueError("max_bytes and max_redirects must be >= 0 and timeout > 0.")
-    deadline = http_fetch.Deadline(timeout)
-    extra = dict(headers or {})
-    current = url
-    for _hop in range(max_redirects + 1):
-        checked = _check_for_request(current, policy)
-        with http_fetch.exchange(
-            checked, "GET", headers=extra, body=None, ca_certs=policy.ca_certs, deadline=deadline
-        ) as response:
-            if response.status in _REDIRECTS:
-                current = _redirect_target(checked, response.getheader("Location"))
-                if _origin(current) != _origin(checked.url):
-                    # As browsers do: credentials meant for one origin never follow a redirect
-                    # to another.
-                    extra = {k: v for k, v in extra.items() if k.lower() not in _CREDENTIALS}
-                continue
-            if not 200 <= response.status < 300:
-                raise FetchFailed(f"{checked.url} answered with HTTP status {response.status}.")
-            data = http_fetch.read_body(response, limit=max_bytes, url=checked.url)
-            return Fetched(
-                data=data, content_type=response.getheader("Content-Type"), url=checked.url
-            )
-    raise FetchFailed(f"{url} redirected more than {max_redirects} times.")
-
-
-def post(
-    url: str, body: bytes, policy: NetPolicy, *, headers: Mapping[str, str], timeout: float
-) -> int:
-    """POST ``body`` to ``url`` through the guard and return the response status.
-
-    Redirects are not followed (a 3xx is returned like any status): a webhook receiver has
-    no reason to send one, and following it would re-send the body elsewhere. ``timeout``
-    bounds the whole exchange, the first 64 KiB of the answer included. Raises ``UnsafeURL``
-    when the policy refuses the URL, ``FetchFailed`` when the exchange fails."""
-    if timeout <= 0:
-        raise ValueError("timeout must be > 0.")
-    deadline = http_fetch.Deadline(timeout)
-    checked = _check_for_request(url, policy)
-    with http_fetch.exchange(
-        checked, "POST", headers=headers, body=body, ca_certs=policy.ca_certs, deadline=deadline
-    ) as response:
-        # Read (and drop) a little of the answer so the receiver can finish writing it. The
-        # status is in hand: a receiver that hangs up mid-answer has still been delivered to.
-        http_fetch.discard_body(response, limit=_POST_RESPONSE_BYTES)
-        return response.status
-
-
-def _check_for_request(url: str, policy: NetPolicy) -> CheckedURL:
+def check_request_url(url: str, policy: NetPolicy) -> CheckedURL:
+    """``check_url`` at the moment of a request: a name that does not resolve is a failed
+    fetch (``FetchFailed``), not an unsafe URL."""
     try:
         return _check(url, policy, resolve=True)
     except _Unresolvable as exc:
         # Unlike at validation time, a name that fails to resolve now may be a passing DNS
         # failure: report it as a failed fetch, which webhook delivery retries.
         raise FetchFailed(str(exc)) from exc
-
-
-def _redirect_target(checked: CheckedURL, location: str | None) -> str:
-    if not location:
-        raise FetchFailed(f"{checked.url} answered with a redirect but no Location header.")
-    return urljoin(checked.url, location.strip())
-
-
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
 
 
 def _check(url: str, policy: NetPolicy, *, resolve: bool) -> CheckedURL:

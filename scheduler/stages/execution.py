@@ -5,13 +5,13 @@ arrived within ``XSD_BATCH_WAIT_SECONDS``. Its jobs are claimed (each with a lea
 attempt number), planned into forward passes by bucket and pixel budget, and run. Each
 job's outcome is recorded by the batch itself: a failing job fails alone and is refunded,
 its neighbours go on. Images are encoded by a background pool into the upload spool
-(:mod:`scheduler.spool`), which stores them through object-store outages, so the GPU starts
+(:mod:`scheduler.stages.spool`), which stores them through object-store outages, so the GPU starts
 the next pass at once; leases are renewed until each job is finished, and a job this
 worker no longer owns (cancelled, deleted, taken over) leaves its batch at the next step.
 
 Because messages are acknowledged when the batch returns, possibly before its uploads end,
 recovery does not rely on the broker: a job whose worker died stops having its lease
-renewed, and the beat's tick re-dispatches it (see :mod:`scheduler.reaper`). A re-dispatched
+renewed, and the beat's tick re-dispatches it (see :mod:`scheduler.stages.reaper`). A re-dispatched
 or redelivered job whose lease is still alive is dropped here: its worker is working on it.
 """
 
@@ -39,17 +39,17 @@ from pipeline import (
 )
 from storage import ObjectNotFound, StorageError
 
-from . import metrics
+from .. import metrics
+from ..jobs.objects import image_key
+from ..jobs.records import ImageResult, JobRecord
+from ..jobs.sizes import size_class
+from ..jobs.states import JobErrorCode
+from ..jobs.store import Finish, JobStore
+from ..redis.outage import Outage, is_outage
+from ..runtime import Runtime
 from .batching import plan_batches
-from .jobs import Finish, JobStore
 from .lifecycle import delete_objects, fail_job, succeed_job
-from .objects import image_key
-from .outage import Outage, is_outage
-from .records import ImageResult, JobRecord
-from .runtime import Runtime
-from .sizes import size_class
 from .spool import Spool, Upload
-from .states import JobErrorCode
 
 if TYPE_CHECKING:
     from pipeline import Generator

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import redis
 
+from ..errors import AuthenticationFailed, InvalidRequest, NotFound
 from . import keys
-from .errors import AuthenticationFailed, InvalidRequest, NotFound
 
 __all__ = ["API_KEY_PREFIX", "Principal", "NewKey", "Accounts", "validate_account_name"]
 

@@ -17,15 +17,15 @@ from PIL import Image
 from pipeline import InvalidImage, decode_image, encode_png
 from storage import StorageError
 
+from ..errors import FetchFailed, UnsafeURL
+from ..jobs.objects import reference_key
+from ..jobs.records import JobRecord
+from ..jobs.sizes import AspectRatio, parse_size, resolve, size_class
+from ..jobs.states import JobErrorCode, JobStatus
+from ..net.guard import fetch
+from ..runtime import Runtime
 from .celery_app import gpu_queue, send_generate
-from .errors import FetchFailed, UnsafeURL
 from .lifecycle import delete_objects, fail_job
-from .netguard import fetch
-from .objects import reference_key
-from .records import JobRecord
-from .runtime import Runtime
-from .sizes import AspectRatio, parse_size, resolve, size_class
-from .states import JobErrorCode, JobStatus
 
 __all__ = ["prepare", "REFERENCE_MAX_SIDE"]
 

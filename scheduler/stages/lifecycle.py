@@ -11,14 +11,14 @@ from collections.abc import Sequence
 
 from storage import StorageError
 
-from . import metrics
+from .. import metrics
+from ..jobs.objects import job_prefixes
+from ..jobs.records import ImageResult, JobRecord
+from ..jobs.sizes import size_class
+from ..jobs.states import JobErrorCode, JobStatus
+from ..jobs.store import Finish
+from ..runtime import Runtime
 from .celery_app import send_webhook
-from .jobs import Finish
-from .objects import job_prefixes
-from .records import ImageResult, JobRecord
-from .runtime import Runtime
-from .sizes import size_class
-from .states import JobErrorCode, JobStatus
 
 __all__ = ["WEBHOOK_GRACE_MS", "fail_job", "succeed_job", "delete_job", "delete_objects"]
 

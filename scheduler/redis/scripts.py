@@ -17,7 +17,7 @@ __all__ = ["Scripts"]
 
 @cache
 def _source(name: str) -> str:
-    return resources.files("scheduler").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return resources.files("scheduler.redis").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
 class Scripts:

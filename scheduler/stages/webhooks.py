@@ -12,13 +12,14 @@ import json
 import logging
 import random
 
-from . import keys, metrics
-from .errors import FetchFailed, UnsafeURL
-from .netguard import post
-from .records import JobRecord
-from .runtime import Runtime
-from .signing import signature_headers
-from .views import public_view
+from .. import metrics
+from ..errors import FetchFailed, UnsafeURL
+from ..jobs.records import JobRecord
+from ..jobs.views import public_view
+from ..net.guard import post
+from ..net.signing import signature_headers
+from ..redis import keys
+from ..runtime import Runtime
 
 __all__ = ["deliver", "backoff_seconds", "render_body"]
 

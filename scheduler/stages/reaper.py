@@ -13,14 +13,14 @@ import logging
 
 from storage import StorageError
 
-from . import keys
+from ..jobs.records import JobRecord
+from ..jobs.sizes import size_class
+from ..jobs.states import JobErrorCode, JobStatus
+from ..jobs.store import ACTIVE_STATUSES
+from ..redis import keys
+from ..runtime import Runtime
 from .celery_app import gpu_queue, send_generate, send_prepare, send_webhook
-from .jobs import ACTIVE_STATUSES
 from .lifecycle import delete_job, fail_job
-from .records import JobRecord
-from .runtime import Runtime
-from .sizes import size_class
-from .states import JobErrorCode, JobStatus
 
 __all__ = [
     "tick",

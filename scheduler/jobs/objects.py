@@ -6,8 +6,8 @@ from pathlib import Path
 
 from storage import InvalidKey, InvalidSignature, LocalStore, ObjectStore, S3Store, URLExpired
 
-from .errors import Forbidden, NotFound
-from .settings import Settings
+from ..errors import Forbidden, NotFound
+from ..settings import Settings
 
 __all__ = ["make_store", "image_key", "reference_key", "job_prefixes", "open_signed_file"]
 

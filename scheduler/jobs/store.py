@@ -1,6 +1,6 @@
 """Job records in Redis: accept, claim, lease, finish, delete, list.
 
-Every status change takes its allowed source states from :mod:`scheduler.states`, and each
+Every status change takes its allowed source states from :mod:`scheduler.jobs.states`, and each
 is one Lua script, so a change and its refund happen together or not at all. A worker
 proves it still owns a job with the attempt number it got when it claimed it: a worker that
 lost its lease can no longer finish the job, so a redelivered job completes (and refunds)
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import redis
 
-from . import keys
-from .errors import Conflict, InsufficientBalance, InvalidRequest, NotFound
+from ..errors import Conflict, InsufficientBalance, InvalidRequest, NotFound
+from ..redis import keys
+from ..redis.scripts import Scripts
 from .records import PRICE_PER_IMAGE, ImageResult, JobRecord
-from .scripts import Scripts
 from .states import JobErrorCode, JobStatus, check_transition, sources_of
 
 __all__ = ["Claim", "Finish", "JobStore", "ACTIVE_STATUSES"]

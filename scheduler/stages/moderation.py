@@ -39,7 +39,8 @@ class Moderator:
     """Checks prompts against the blocked terms."""
 
     def __init__(self, extra_terms_file: Path | None = None) -> None:
-        terms = _terms(resources.files("scheduler").joinpath("blocklist.txt").read_text("utf-8"))
+        builtin = resources.files("scheduler.stages").joinpath("blocklist.txt")
+        terms = _terms(builtin.read_text("utf-8"))
         if extra_terms_file is not None:
             terms += _terms(extra_terms_file.read_text("utf-8"))
         # Longest first so a longer phrase wins over a term it contains.

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scheduler.jobs.objects import open_signed_file
+from scheduler.jobs.objects import FILES_PATH, open_signed_file
 
 from .openapi import errors
 from .routes import service_of
@@ -40,7 +40,7 @@ def metrics() -> Response:
 
 
 @router.get(
-    "/v1/files/{key:path}",
+    f"{FILES_PATH}{{key:path}}",
     summary="A signed image URL (local storage)",
     response_class=FileResponse,
     responses={

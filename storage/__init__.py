@@ -1,9 +1,10 @@
 """Object storage: local disk and S3 backends with signed, expiring URLs."""
 
-from storage.base import ObjectStore
+from storage.base import LocalFile, ObjectStore
 from storage.errors import (
     InvalidKey,
     InvalidSignature,
+    NotServedLocally,
     ObjectNotFound,
     StorageError,
     UploadFailed,
@@ -14,6 +15,7 @@ from storage.s3 import S3Store
 
 __all__ = [
     "ObjectStore",
+    "LocalFile",
     "LocalStore",
     "S3Store",
     "StorageError",
@@ -22,4 +24,5 @@ __all__ = [
     "InvalidKey",
     "InvalidSignature",
     "URLExpired",
+    "NotServedLocally",
 ]

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["ObjectStore", "validate_content_type"]
+__all__ = ["ObjectStore", "LocalFile", "validate_content_type"]
 
 # Printable ASCII only: the local backend replays the stored value as a response header, so
 # a CR or LF here would be a header injection.
 _CONTENT_TYPE = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+class LocalFile(NamedTuple):
+    """A stored object as a file on this machine, for the API to stream."""
+
+    path: Path
+    content_type: str
 
 
 @runtime_checkable
@@ -40,6 +48,16 @@ class ObjectStore(Protocol):
         """Return a URL that serves the object without other credentials until ``expires_at``.
 
         ``expires_at`` is absolute, in unix seconds.
+        """
+        ...
+
+    def signed_file(self, key: str, *, expires: str, signature: str) -> LocalFile:
+        """The file that one of this store's signed URLs names, for the API to serve.
+
+        ``expires`` and ``signature`` are the URL's query values as received. Raises
+        ``InvalidSignature`` or ``URLExpired`` for a URL that may not be served,
+        ``ObjectNotFound`` when the object is gone, and ``NotServedLocally`` from a store
+        whose URLs lead to the store itself rather than to the API.
         """
         ...
 

@@ -7,10 +7,12 @@
     ├── UploadFailed              an object could not be written
     ├── InvalidKey                a key or prefix outside the allowed alphabet and shape
     ├── InvalidSignature          a local signed URL whose signature does not verify
-    └── URLExpired                a local signed URL, correctly signed, past its expiry
+    ├── URLExpired                a local signed URL, correctly signed, past its expiry
+    └── NotServedLocally          a store whose signed URLs do not lead to the API
 
-``InvalidSignature`` and ``URLExpired`` come only from ``LocalStore.verify``: S3 checks its
-own presigned URLs. Callers that only need to know "storage failed" catch ``StorageError``.
+``InvalidSignature`` and ``URLExpired`` come only from ``LocalStore``: S3 checks its own
+presigned URLs, and its ``signed_file`` raises ``NotServedLocally``. Callers that only need
+to know "storage failed" catch ``StorageError``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ __all__ = [
     "InvalidKey",
     "InvalidSignature",
     "URLExpired",
+    "NotServedLocally",
 ]
 
 
@@ -52,3 +55,7 @@ class InvalidSignature(StorageError):
 
 class URLExpired(StorageError):
     """A local signed URL carries a valid signature but its expiry time has passed."""
+
+
+class NotServedLocally(StorageError):
+    """The store's signed URLs lead to the store itself (S3), so the API serves no files."""

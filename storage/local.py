@@ -8,9 +8,10 @@ renames of a ``put``, or a file placed by hand) has the type its extension impli
 cannot be both an object and a prefix of another key (``a/b`` and ``a/b/c``), since one path
 cannot be a file and a directory; our keys never are.
 
-Signed URLs have the form ``{base_url}/v1/files/{key}?expires={expires_at}&signature={hex}``
-with ``hex = HMAC-SHA256(signing_key, f"{key}\\n{expires_at}")``. The HTTP shim serves that
-route: it calls ``verify``, then streams ``path_for(key)`` with ``content_type_of(key)``.
+Signed URLs have the form ``{files_url}{key}?expires={expires_at}&signature={hex}`` with
+``hex = HMAC-SHA256(signing_key, f"{key}\\n{expires_at}")``. ``files_url`` is the API route
+that serves them, given by its owner (this package knows no routes); the route asks
+``signed_file`` for the checked file and streams it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from storage.base import validate_content_type
+from storage.base import LocalFile, validate_content_type
 from storage.errors import InvalidSignature, ObjectNotFound, StorageError, UploadFailed, URLExpired
 from storage.keys import validate_key, validate_prefix
 
@@ -38,17 +39,19 @@ _DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
 
 class LocalStore:
-    """Objects as files under ``root``, served by the shim through signed URLs.
+    """Objects as files under ``root``, served by the API through signed URLs.
 
-    ``base_url`` is the public base of the API (``XSD_PUBLIC_BASE_URL``); a trailing ``/`` is
-    dropped. ``signing_key`` is the HMAC key for signed URLs and must be kept secret.
+    ``files_url`` is the public URL under which the API serves this store's files (e.g.
+    ``https://api.example.com/v1/files/``); a signed URL is it followed by the key, and it
+    ends in one ``/`` however it is given. ``signing_key`` is the HMAC key for signed URLs
+    and must be kept secret.
     """
 
-    def __init__(self, root: Path, *, base_url: str, signing_key: bytes) -> None:
+    def __init__(self, root: Path, *, files_url: str, signing_key: bytes) -> None:
         if not signing_key:
             raise ValueError("signing_key must not be empty: it is what makes signed URLs safe.")
         self.root = Path(root).absolute()
-        self.base_url = base_url.rstrip("/")
+        self.files_url = files_url.rstrip("/") + "/"
         self._signing_key = bytes(signing_key)
 
     def put(self, key: str, data: bytes, *, content_type: str) -> None:
@@ -127,12 +130,12 @@ class LocalStore:
         return count
 
     def signed_url(self, key: str, *, expires_at: int) -> str:
-        """Return ``{base_url}/v1/files/{key}?expires=...&signature=...`` for ``verify``."""
+        """Return ``{files_url}{key}?expires=...&signature=...`` for ``verify``."""
         validate_key(key)
         # operator.index refuses floats, whose text form verify could not parse back.
         expires_at = operator.index(expires_at)
         signature = self._sign(key, str(expires_at))
-        return f"{self.base_url}/v1/files/{key}?expires={expires_at}&signature={signature}"
+        return f"{self.files_url}{key}?expires={expires_at}&signature={signature}"
 
     def verify(
         self, key: str, expires: str | int, signature: str, *, now: float | None = None
@@ -154,6 +157,12 @@ class LocalStore:
         # Only the decimal text of an int is ever signed, so a verified value parses.
         if (time.time() if now is None else now) > int(expires_text):
             raise URLExpired(f"The signed URL for {key!r} expired at {expires_text}.", key=key)
+
+    def signed_file(self, key: str, *, expires: str, signature: str) -> LocalFile:
+        """The file behind a signed URL, once ``verify`` passes; ``ObjectNotFound`` if the
+        object is gone. A concurrent ``delete`` may still remove it before it is read."""
+        self.verify(key, expires, signature)
+        return LocalFile(self._path(key), self.content_type_of(key))
 
     def path_for(self, key: str) -> Path:
         """Return the file that holds (or would hold) the object, for streaming.

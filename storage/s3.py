@@ -19,8 +19,8 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storage.base import validate_content_type
-from storage.errors import ObjectNotFound, StorageError, UploadFailed
+from storage.base import LocalFile, validate_content_type
+from storage.errors import NotServedLocally, ObjectNotFound, StorageError, UploadFailed
 from storage.keys import validate_key, validate_prefix
 
 __all__ = ["S3Store", "MAX_PRESIGN_SECONDS"]
@@ -168,6 +168,12 @@ class S3Store:
             )
         except _BOTO_ERRORS as exc:
             raise self._failure(f"presign a URL for {full_key!r}", exc, key=key) from exc
+
+    def signed_file(self, key: str, *, expires: str, signature: str) -> LocalFile:
+        """Always ``NotServedLocally``: presigned URLs lead to the bucket, not to the API."""
+        raise NotServedLocally(
+            f"The bucket {self.bucket!r} serves its objects through presigned URLs.", key=key
+        )
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist.

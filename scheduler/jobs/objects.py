@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from storage import InvalidKey, InvalidSignature, LocalStore, ObjectStore, S3Store, URLExpired
+from storage import (
+    InvalidKey,
+    InvalidSignature,
+    LocalFile,
+    LocalStore,
+    NotServedLocally,
+    ObjectNotFound,
+    ObjectStore,
+    S3Store,
+    URLExpired,
+)
 
 from ..errors import Forbidden, NotFound
 from ..settings import Settings
 
-__all__ = ["make_store", "image_key", "reference_key", "job_prefixes", "open_signed_file"]
+__all__ = [
+    "FILES_PATH",
+    "make_store",
+    "image_key",
+    "reference_key",
+    "job_prefixes",
+    "open_signed_file",
+]
+
+# The API route that serves the local store's signed URLs (the shim mounts it here).
+FILES_PATH = "/v1/files/"
 
 
 def make_store(settings: Settings) -> ObjectStore:
@@ -33,7 +51,9 @@ def make_store(settings: Settings) -> ObjectStore:
             else None,
         )
     return LocalStore(
-        settings.objects_dir, base_url=settings.base_url(), signing_key=settings.signing_key
+        settings.objects_dir,
+        files_url=settings.base_url() + FILES_PATH,
+        signing_key=settings.signing_key,
     )
 
 
@@ -52,20 +72,16 @@ def job_prefixes(account: str, job_id: str) -> tuple[str, str]:
     return f"images/{account}/{job_id}/", f"refs/{account}/{job_id}/"
 
 
-def open_signed_file(
-    store: ObjectStore, key: str, *, expires: str, signature: str
-) -> tuple[Path, str]:
-    """The file (and its content type) behind a local-store signed URL, after checking its
-    signature and expiry."""
-    if not isinstance(store, LocalStore):
-        raise NotFound("Files are served by the object store, not by this API.")
+def open_signed_file(store: ObjectStore, key: str, *, expires: str, signature: str) -> LocalFile:
+    """The file (and its content type) behind a signed URL of the API's files route, after
+    the store has checked its signature and expiry."""
     try:
-        store.verify(key, expires, signature)
-        path = store.path_for(key)
+        return store.signed_file(key, expires=expires, signature=signature)
+    except NotServedLocally as exc:
+        raise NotFound("Files are served by the object store, not by this API.") from exc
     except URLExpired as exc:
         raise Forbidden("This signed URL has expired.") from exc
     except (InvalidSignature, InvalidKey) as exc:
         raise Forbidden("This URL's signature is not valid.") from exc
-    if not path.is_file():
-        raise NotFound("The file no longer exists.")
-    return path, store.content_type_of(key)
+    except ObjectNotFound as exc:
+        raise NotFound("The file no longer exists.") from exc

@@ -18,7 +18,7 @@ class FlakyStore(LocalStore):
     """A local store whose uploads fail while ``down`` is set."""
 
     def __init__(self, root: Path) -> None:
-        super().__init__(root, base_url="http://files.test", signing_key=b"k")
+        super().__init__(root, files_url="http://files.test/v1/files/", signing_key=b"k")
         self.down = threading.Event()
         self.attempts = 0
 

@@ -26,7 +26,7 @@ def record(**changes) -> JobRecord:
 
 
 def store(tmp_path: Path) -> LocalStore:
-    return LocalStore(tmp_path, base_url="https://api.test", signing_key=b"k")
+    return LocalStore(tmp_path, files_url="https://api.test/v1/files/", signing_key=b"k")
 
 
 def view(rec: JobRecord, tmp_path: Path, now_ms: int) -> dict:
@@ -115,7 +115,7 @@ def test_a_b64_record_streams_one_image_at_a_time(tmp_path: Path) -> None:
 
     from scheduler.jobs.views import stream_view
 
-    counting = CountingStore(tmp_path, base_url="https://api.test", signing_key=b"k")
+    counting = CountingStore(tmp_path, files_url="https://api.test/v1/files/", signing_key=b"k")
     images = []
     for index in range(3):
         key = f"images/acme/r/{index}.png"

@@ -22,13 +22,14 @@ from storage import (
 
 SIGNING_KEY = b"k" * 32
 BASE_URL = "https://api.example.test"
+FILES_URL = f"{BASE_URL}/v1/files/"
 KEY = "images/acct_1/req_1/0.png"
 EXPIRES = 1_900_000_000
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> LocalStore:
-    return LocalStore(tmp_path / "objects", base_url=BASE_URL, signing_key=SIGNING_KEY)
+    return LocalStore(tmp_path / "objects", files_url=FILES_URL, signing_key=SIGNING_KEY)
 
 
 def files_under(root: Path) -> list[str]:
@@ -222,7 +223,7 @@ def test_delete_prefix_validates_prefixes(store: LocalStore, prefix: str) -> Non
 
 def test_constructor_rejects_an_empty_signing_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="signing_key"):
-        LocalStore(tmp_path, base_url=BASE_URL, signing_key=b"")
+        LocalStore(tmp_path, files_url=FILES_URL, signing_key=b"")
 
 
 def test_signed_url_format(store: LocalStore) -> None:
@@ -231,8 +232,8 @@ def test_signed_url_format(store: LocalStore) -> None:
     assert url == f"{BASE_URL}/v1/files/{KEY}?expires={EXPIRES}&signature={expected}"
 
 
-def test_base_url_trailing_slash_is_dropped(tmp_path: Path) -> None:
-    store = LocalStore(tmp_path, base_url=BASE_URL + "/", signing_key=SIGNING_KEY)
+def test_files_url_ends_in_one_slash(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, files_url=FILES_URL.rstrip("/"), signing_key=SIGNING_KEY)
     assert store.signed_url(KEY, expires_at=EXPIRES).startswith(f"{BASE_URL}/v1/files/{KEY}?")
 
 
@@ -286,7 +287,7 @@ def test_verify_rejects_tampering(store: LocalStore) -> None:
 
 
 def test_another_signing_key_does_not_verify(store: LocalStore, tmp_path: Path) -> None:
-    other = LocalStore(store.root, base_url=BASE_URL, signing_key=b"other")
+    other = LocalStore(store.root, files_url=FILES_URL, signing_key=b"other")
     key, expires, signature = url_parts(other.signed_url(KEY, expires_at=EXPIRES))
     with pytest.raises(InvalidSignature):
         store.verify(key, expires, signature, now=EXPIRES - 10)
@@ -302,3 +303,17 @@ def test_signature_is_checked_before_expiry(store: LocalStore) -> None:
         store.verify(key, "not-a-number", forged, now=2_000)
     with pytest.raises(URLExpired):
         store.verify(key, expires, signature, now=2_000)
+
+
+def test_signed_file_is_the_checked_object(store: LocalStore) -> None:
+    store.put(KEY, b"\x89PNG data", content_type="image/png")
+    key, expires, signature = url_parts(store.signed_url(KEY, expires_at=4_000_000_000))
+    assert store.signed_file(key, expires=expires, signature=signature) == (
+        store.root / KEY,
+        "image/png",
+    )
+    with pytest.raises(InvalidSignature):
+        store.signed_file(key, expires=expires, signature="0" * 64)
+    store.delete(KEY)
+    with pytest.raises(ObjectNotFound):
+        store.signed_file(key, expires=expires, signature=signature)

@@ -15,6 +15,7 @@ FORBIDDEN = {"api_shim", "scheduler", "pipeline"}
 def test_public_surface_is_re_exported() -> None:
     assert storage.__all__ == [
         "ObjectStore",
+        "LocalFile",
         "LocalStore",
         "S3Store",
         "StorageError",
@@ -23,6 +24,7 @@ def test_public_surface_is_re_exported() -> None:
         "InvalidKey",
         "InvalidSignature",
         "URLExpired",
+        "NotServedLocally",
     ]
     for name in storage.__all__:
         assert getattr(storage, name).__doc__, f"storage.{name} has no docstring"
@@ -39,7 +41,14 @@ def test_every_module_declares_all_and_its_names_exist() -> None:
 
 
 def test_error_hierarchy() -> None:
-    for name in ("ObjectNotFound", "UploadFailed", "InvalidKey", "InvalidSignature", "URLExpired"):
+    for name in (
+        "ObjectNotFound",
+        "UploadFailed",
+        "InvalidKey",
+        "InvalidSignature",
+        "URLExpired",
+        "NotServedLocally",
+    ):
         assert issubclass(getattr(storage, name), storage.StorageError)
 
 

@@ -13,7 +13,15 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from storage import InvalidKey, ObjectNotFound, ObjectStore, S3Store, StorageError, UploadFailed
+from storage import (
+    InvalidKey,
+    NotServedLocally,
+    ObjectNotFound,
+    ObjectStore,
+    S3Store,
+    StorageError,
+    UploadFailed,
+)
 from storage.s3 import MAX_PRESIGN_SECONDS
 
 KEY = "images/acct_1/req_1/0.png"
@@ -133,6 +141,12 @@ def test_presigned_url_serves_the_object(store: S3Store) -> None:
     assert response.status_code == 200
     assert response.content == PNG
     assert response.headers["content-type"] == "image/png"
+
+
+def test_the_api_serves_no_file_of_a_bucket(store: S3Store) -> None:
+    store.put(KEY, PNG, content_type="image/png")
+    with pytest.raises(NotServedLocally):
+        store.signed_file(KEY, expires="4000000000", signature="0" * 64)
 
 
 def test_presigned_url_lifetime_bounds(store: S3Store) -> None:

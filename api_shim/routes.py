@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, Security
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -35,7 +35,13 @@ from .openapi import (
     errors,
     ok,
 )
-from .schemas import GenerationBody, ValidationContext, describe_error, first_error
+from .schemas import (
+    GenerationBody,
+    ValidationContext,
+    describe_error,
+    first_error,
+    normalized_email,
+)
 
 __all__ = ["router", "service_of"]
 
@@ -122,7 +128,7 @@ def _idempotency_key(value: str | None) -> str | None:
 
 def _email(value: str) -> str:
     try:
-        return validate_email(value, check_deliverability=False).normalized.lower()
+        return normalized_email(value)
     except EmailNotValidError as exc:
         raise ApiError(
             400, "validation_error", f"{value!r} is not a valid email address.", param="email"

@@ -19,6 +19,8 @@ from scheduler.jobs.inputs import (
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
     MAX_PROMPT_TOKENS,
+    MAX_REFERENCES,
+    MAX_SEED,
     frame_count,
     prompt_tokens,
 )
@@ -31,16 +33,20 @@ __all__ = [
     "SequentialOptions",
     "GenerationBody",
     "FieldError",
-    "MAX_REFERENCES",
+    "normalized_email",
     "describe_error",
     "first_error",
 ]
 
-MAX_REFERENCES = 10
-MAX_SEED = 2**31 - 1
 # Reserved for documentation and testing (RFC 2606 / RFC 6761): never a real end user.
 _RESERVED_DOMAINS = ("example.com", "example.net", "example.org")
 _RESERVED_TLDS = ("test", "invalid", "localhost", "example")
+
+
+def normalized_email(value: str) -> str:
+    """An end user's address as records are kept under it: normalised and lowercase.
+    Raises ``EmailNotValidError`` (a ``ValueError``) saying why it is not an address."""
+    return validate_email(value, check_deliverability=False).normalized.lower()
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,7 @@ class GenerationBody(BaseModel):
     @classmethod
     def _email(cls, value: str) -> str:
         try:
-            email = validate_email(value, check_deliverability=False).normalized.lower()
+            email = normalized_email(value)
         except EmailNotValidError as exc:
             raise ValueError(f"endUserEmail {value!r} is not a valid email address: {exc}") from exc
         domain = email.rsplit("@", 1)[1]
@@ -225,7 +231,6 @@ class GenerationBody(BaseModel):
             watermark=self.watermark,
             response_format=self.responseFormat,
             sequential=self.sequential == "auto",
-            max_images=self.sequentialOptions.maxImages if self.sequentialOptions else None,
             webhook_url=self.webhookUrl,
         )
 

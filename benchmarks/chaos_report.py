@@ -229,9 +229,7 @@ def _job_figures(
         },
         "problems": problems,
         # What Redis held for a job that went wrong, to tell where it was left.
-        "redis": {k: v for k, v in stored.items() if k not in ("prompt", "input")}
-        if problems
-        else None,
+        "redis": {k: v for k, v in stored.items() if k != "prompt"} if problems else None,
         "broker_messages": messages if problems else None,
     }
 

@@ -123,6 +123,7 @@ def _child(url: str, jobs: int, refs: int, *, plain_allocator: bool) -> dict[str
     logging.disable(logging.WARNING)  # XSD_ALLOW_PRIVATE_URLS's warning, once per task
     allocator_tuned = False if plain_allocator else _tune_allocator()
     from scheduler.jobs.records import JobRecord
+    from scheduler.jobs.sizes import AspectRatio
     from scheduler.jobs.states import JobStatus
     from scheduler.runtime import Runtime
     from scheduler.settings import Settings
@@ -146,10 +147,16 @@ def _child(url: str, jobs: int, refs: int, *, plain_allocator: bool) -> dict[str
             prompt="a lighthouse",
             email="bench@your-product.com",
             created_ms=0,
-            input={},
             references=tuple(f"{url}?job={index}&ref={i}" for i in range(refs)),
+            size="2K",
+            aspect_ratio=AspectRatio.SQUARE,
+            n=1,
             image_count=1,
             seed=index,
+            guidance_scale=7.5,
+            watermark=False,
+            response_format="url",
+            sequential=False,
             width=2048,
             height=2048,
             charged=10,

@@ -14,8 +14,8 @@ from .errors import InvalidImage, InvalidInput, ModelUnavailable, PipelineError,
 from .images import DecodeBudget, decode_image, encode_png
 from .prompts import LONGEST_TOKEN_BYTES, count_prompt_tokens, enumerate_items
 from .registry import ModelRegistry, ModelSpec
-from .request import GenerationRequest
-from .seeds import derive_seed
+from .request import MAX_REFERENCES, GenerationRequest
+from .seeds import MAX_SEED, derive_seed
 
 if TYPE_CHECKING:
     from .generator import Generator, load_generator
@@ -27,6 +27,8 @@ __all__ = [
     "InvalidImage",
     "InvalidInput",
     "LONGEST_TOKEN_BYTES",
+    "MAX_REFERENCES",
+    "MAX_SEED",
     "ModelRegistry",
     "ModelSpec",
     "ModelUnavailable",

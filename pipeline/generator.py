@@ -26,13 +26,12 @@ from .errors import InvalidInput, PipelineError, RequestCancelled
 from .prompts import frame_prompts
 from .refine import Refiner
 from .registry import ModelSpec
-from .request import GenerationRequest
+from .request import MAX_REFERENCES, GenerationRequest
 from .roles import parse_roles
 from .sdxl import CancelCheck, ReferenceInput, Sample, SDXLPipeline, StepCallback
 from .watermark import add_watermark
 
 __all__ = [
-    "MAX_REFERENCES",
     "BatchOutcome",
     "Generator",
     "RequestCheck",
@@ -47,8 +46,6 @@ log = logging.getLogger(__name__)
 BatchOutcome = list[Image.Image] | PipelineError
 # Asked between denoising steps with a request id: True once its work is no longer wanted.
 RequestCheck = Callable[[str], bool]
-# The spec's limit of reference images per request.
-MAX_REFERENCES = 10
 
 
 def pick_device(device: str | None) -> torch.device:

@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-__all__ = ["GenerationRequest"]
+__all__ = ["MAX_REFERENCES", "GenerationRequest"]
+
+# The spec's limit of reference images per request.
+MAX_REFERENCES = 10
 
 
 @dataclass(frozen=True, kw_only=True)

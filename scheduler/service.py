@@ -19,6 +19,7 @@ from storage import StorageError
 
 from . import metrics
 from .errors import Conflict, InvalidRequest, NotFound
+from .jobs.inputs import MAX_SEED
 from .jobs.records import JobInput, JobRecord
 from .jobs.sizes import largest_pixels, parse_size, resolve
 from .jobs.states import JobErrorCode, JobStatus
@@ -35,7 +36,6 @@ __all__ = ["Service", "new_job_id"]
 log = logging.getLogger(__name__)
 
 _ID_ALPHABET = string.ascii_letters + string.digits
-_MAX_SEED = 2**31 - 1
 
 
 def new_job_id() -> str:
@@ -103,7 +103,7 @@ class Service:
         is the replay of an earlier request with the same Idempotency-Key."""
         settings, jobs = self.runtime.settings, self.runtime.jobs
         self._check_inline_size(job)
-        seed = job.seed if job.seed is not None else secrets.randbelow(_MAX_SEED + 1)
+        seed = job.seed if job.seed is not None else secrets.randbelow(MAX_SEED + 1)
         size = resolve(parse_size(job.size), job.aspect_ratio, has_references=bool(job.references))
         width, height = size if size else (None, None)
         now = jobs.now_ms()
@@ -115,10 +115,16 @@ class Service:
             prompt=job.prompt,
             email=job.end_user_email,
             created_ms=now,
-            input=job.public(seed=seed, width=width, height=height),
             references=job.references,
+            size=job.size,
+            aspect_ratio=job.aspect_ratio,
+            n=job.n,
             image_count=job.image_count,
             seed=seed,
+            guidance_scale=job.guidance_scale,
+            watermark=job.watermark,
+            response_format=job.response_format,
+            sequential=job.sequential,
             width=width,
             height=height,
             charged=job.cost,

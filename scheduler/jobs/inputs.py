@@ -1,11 +1,19 @@
-"""Request rules that need the pipeline's knowledge (tokens, enumerations, models), offered
-to the HTTP shim so that it depends on the scheduler alone."""
+"""Request rules that need the pipeline's knowledge (tokens, enumerations, models, limits),
+offered to the HTTP shim so that it depends on the scheduler alone."""
 
 from __future__ import annotations
 
-from pipeline import LONGEST_TOKEN_BYTES, count_prompt_tokens, enumerate_items
+from pipeline import (
+    LONGEST_TOKEN_BYTES,
+    MAX_REFERENCES,
+    MAX_SEED,
+    count_prompt_tokens,
+    enumerate_items,
+)
 
 __all__ = [
+    "MAX_REFERENCES",
+    "MAX_SEED",
     "MAX_PROMPT_TOKENS",
     "MAX_PROMPT_CHARS",
     "MAX_IMAGES",

@@ -39,7 +39,6 @@ class JobInput:
     watermark: bool = False
     response_format: Literal["url", "b64_json"] = "url"
     sequential: bool = False
-    max_images: int | None = None
     webhook_url: str | None = None
 
     @property
@@ -50,27 +49,6 @@ class JobInput:
     def fingerprint(self) -> str:
         """Canonical JSON of the request, for Idempotency-Key comparisons."""
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), default=str)
-
-    def public(self, *, seed: int, width: int | None, height: int | None) -> dict[str, Any]:
-        """The ``input`` object of the public record: what reproduces the generation."""
-        body: dict[str, Any] = {
-            "size": self.size,
-            "aspectRatio": self.aspect_ratio.value,
-            "n": self.n,
-            "seed": seed,
-            "guidanceScale": self.guidance_scale,
-            "watermark": self.watermark,
-            "responseFormat": self.response_format,
-            "sequential": "auto" if self.sequential else "disabled",
-            "references": list(self.references),
-        }
-        if self.sequential:
-            body["sequentialOptions"] = {"maxImages": self.image_count}
-        if width is not None and height is not None:
-            body["width"], body["height"] = width, height
-        if self.webhook_url:
-            body["webhookUrl"] = self.webhook_url
-        return body
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,7 +68,11 @@ class ImageResult:
 
 @dataclass(frozen=True, kw_only=True)
 class JobRecord:
-    """One generation as stored in Redis (times are epoch milliseconds)."""
+    """One generation as stored in Redis (times are epoch milliseconds).
+
+    The request's settings are kept as they were accepted (see :class:`JobInput`), with
+    ``seed`` drawn when the request left it open and ``width``/``height`` once resolved.
+    """
 
     id: str
     account: str
@@ -99,10 +81,16 @@ class JobRecord:
     prompt: str
     email: str
     created_ms: int
-    input: dict[str, Any]
     references: tuple[str, ...]
+    size: str
+    aspect_ratio: AspectRatio
+    n: int
     image_count: int
     seed: int
+    guidance_scale: float
+    watermark: bool
+    response_format: str
+    sequential: bool
     width: int | None
     height: int | None
     charged: int
@@ -139,10 +127,16 @@ class JobRecord:
             prompt=data["prompt"],
             email=data["email"],
             created_ms=int(data["created_ms"]),
-            input=json.loads(data["input"]),
             references=tuple(json.loads(data.get("references") or "[]")),
+            size=data["size"],
+            aspect_ratio=AspectRatio(data["aspect_ratio"]),
+            n=int(data["n"]),
             image_count=int(data["image_count"]),
             seed=int(data["seed"]),
+            guidance_scale=float(data["guidance_scale"]),
+            watermark=data["watermark"] == "1",
+            response_format=data["response_format"],
+            sequential=data["sequential"] == "1",
             width=opt_int("width"),
             height=opt_int("height"),
             charged=int(data["charged"]),
@@ -171,10 +165,17 @@ class JobRecord:
             "prompt": self.prompt,
             "email": self.email,
             "created_ms": str(self.created_ms),
-            "input": json.dumps(self.input, separators=(",", ":")),
             "references": json.dumps(list(self.references)),
+            "size": self.size,
+            "aspect_ratio": self.aspect_ratio.value,
+            "n": str(self.n),
             "image_count": str(self.image_count),
             "seed": str(self.seed),
+            # repr of a float reads back as the same float.
+            "guidance_scale": repr(self.guidance_scale),
+            "watermark": "1" if self.watermark else "0",
+            "response_format": self.response_format,
+            "sequential": "1" if self.sequential else "0",
             "width": "" if self.width is None else str(self.width),
             "height": "" if self.height is None else str(self.height),
             "charged": str(self.charged),
@@ -182,23 +183,3 @@ class JobRecord:
             "attempt": "0",
             "webhook_url": self.webhook_url or "",
         }
-
-    @property
-    def response_format(self) -> str:
-        """``url`` or ``b64_json``."""
-        return str(self.input.get("responseFormat", "url"))
-
-    @property
-    def guidance_scale(self) -> float:
-        """Classifier-free guidance scale."""
-        return float(self.input["guidanceScale"])
-
-    @property
-    def watermark(self) -> bool:
-        """Whether the corner mark is drawn."""
-        return bool(self.input["watermark"])
-
-    @property
-    def sequential(self) -> bool:
-        """Whether the images are frames of one connected series."""
-        return self.input.get("sequential") == "auto"

@@ -21,9 +21,18 @@ from typing import Any
 from storage import ObjectStore, StorageError
 
 from .records import JobRecord
+from .sizes import parse_size, resolve
 from .states import JobStatus
 
-__all__ = ["iso_time", "public_status", "public_view", "stream_view", "image_id", "inlines"]
+__all__ = [
+    "iso_time",
+    "public_status",
+    "public_input",
+    "public_view",
+    "stream_view",
+    "image_id",
+    "inlines",
+]
 
 
 def iso_time(ms: int) -> str:
@@ -53,6 +62,43 @@ def inlines(record: JobRecord) -> bool:
     return record.response_format == "b64_json"
 
 
+def public_input(record: JobRecord) -> dict[str, Any]:
+    """The record's ``input`` object: the request's settings, with the seed used and, once
+    known, the pixels, so that it reproduces the generation."""
+    body: dict[str, Any] = {
+        "size": record.size,
+        "aspectRatio": record.aspect_ratio.value,
+        "n": record.n,
+        "seed": record.seed,
+        "guidanceScale": record.guidance_scale,
+        "watermark": record.watermark,
+        "responseFormat": record.response_format,
+        "sequential": "auto" if record.sequential else "disabled",
+        "references": list(record.references),
+    }
+    if record.sequential:
+        body["sequentialOptions"] = {"maxImages": record.image_count}
+    pixels = (
+        None if record.width is None or record.height is None else (record.width, record.height)
+    )
+    # Pixels that waited for the first reference's shape come last: the prepare stage adds
+    # them after the request's own settings, and a record's bytes (which webhooks sign)
+    # keep the key order clients have seen.
+    late = (
+        resolve(
+            parse_size(record.size), record.aspect_ratio, has_references=bool(record.references)
+        )
+        is None
+    )
+    if pixels and not late:
+        body["width"], body["height"] = pixels
+    if record.webhook_url:
+        body["webhookUrl"] = record.webhook_url
+    if pixels and late:
+        body["width"], body["height"] = pixels
+    return body
+
+
 def public_view(
     record: JobRecord,
     *,
@@ -73,7 +119,7 @@ def public_view(
         "referencesCount": len(record.references),
         "endUserEmail": record.email,
         "createdAt": iso_time(record.created_ms),
-        "input": record.input,
+        "input": public_input(record),
     }
     if status is JobStatus.QUEUED:
         body["pollUrl"] = f"{base_url}/v1/generations/{record.id}"

@@ -20,7 +20,7 @@ from storage import StorageError
 from ..errors import FetchFailed, UnsafeURL
 from ..jobs.objects import reference_key
 from ..jobs.records import JobRecord
-from ..jobs.sizes import AspectRatio, parse_size, resolve, size_class
+from ..jobs.sizes import parse_size, resolve, size_class
 from ..jobs.states import JobErrorCode, JobStatus
 from ..net.guard import fetch
 from ..runtime import Runtime
@@ -108,12 +108,10 @@ def _prepare(runtime: Runtime, record: JobRecord) -> None:
         runtime.jobs.resend_at(job_id, runtime.jobs.now_ms() + _STORE_RETRY_MS)
         return
     width, height = _final_size(record, references)
-    updated = dict(record.input, width=width, height=height)
     fields = {
         "reference_keys": json.dumps(keys),
         "width": str(width),
         "height": str(height),
-        "input": json.dumps(updated, separators=(",", ":")),
         "prepared_ms": str(runtime.jobs.now_ms()),
     }
     if not runtime.jobs.update_queued(job_id, fields):
@@ -150,8 +148,8 @@ def _final_size(record: JobRecord, references: list[Image.Image]) -> tuple[int, 
         return record.width, record.height
     first = references[0] if references else None
     resolved = resolve(
-        parse_size(record.input["size"]),
-        AspectRatio(record.input["aspectRatio"]),
+        parse_size(record.size),
+        record.aspect_ratio,
         has_references=bool(references),
         reference_aspect=first.width / first.height if first else None,
     )

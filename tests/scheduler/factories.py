@@ -6,6 +6,7 @@ import itertools
 from typing import Any
 
 from scheduler.jobs.records import JobRecord
+from scheduler.jobs.sizes import AspectRatio
 from scheduler.jobs.states import JobStatus
 from scheduler.jobs.store import JobStore
 
@@ -24,10 +25,16 @@ def job_record(**changes: Any) -> JobRecord:
         "prompt": "a lighthouse",
         "email": "alice@your-product.com",
         "created_ms": 1_700_000_000_123,
-        "input": {"guidanceScale": 7.5, "watermark": False, "responseFormat": "url"},
         "references": (),
+        "size": "2K",
+        "aspect_ratio": AspectRatio.AUTO,
+        "n": images,
         "image_count": images,
         "seed": 42,
+        "guidance_scale": 7.5,
+        "watermark": False,
+        "response_format": "url",
+        "sequential": False,
         "width": 2048,
         "height": 2048,
         "charged": 10 * images,

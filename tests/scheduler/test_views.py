@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 from scheduler.jobs.records import ImageResult, JobRecord
 from scheduler.jobs.states import JobStatus
-from scheduler.jobs.views import iso_time, public_view
+from scheduler.jobs.views import iso_time, public_input, public_view
 from scheduler.stages.webhooks import backoff_seconds
 from storage import LocalStore
 
@@ -20,7 +22,6 @@ def record(**changes) -> JobRecord:
         id="req_abcdefghijklmnop",
         references=("https://cdn.your-product.com/a.png",),
         image_count=2,
-        input={"seed": 1, "responseFormat": "url", "guidanceScale": 7.5, "watermark": False},
     )
     return job_record(**{**base, **changes})
 
@@ -73,10 +74,30 @@ def test_b64_of_a_missing_object_is_storage_failed(tmp_path: Path) -> None:
         status=JobStatus.SUCCEEDED,
         finished_ms=1_700_000_100_000,
         images=(ImageResult(index=0, key="images/acme/r/0.png"),),
-        input={"seed": 1, "responseFormat": "b64_json", "guidanceScale": 7.5, "watermark": False},
+        response_format="b64_json",
     )
     (item,) = view(rec, tmp_path, 1_700_000_100_001)["images"]
     assert item["error"] == {"code": "storage_failed"}
+
+
+def test_input_is_the_request_as_accepted() -> None:
+    sequential = job_record(
+        sequential=True, image_count=3, n=1, webhook_url="https://hooks.your-product.com/x"
+    )
+    assert json.dumps(public_input(sequential), separators=(",", ":")) == (
+        '{"size":"2K","aspectRatio":"auto","n":1,"seed":42,"guidanceScale":7.5,'
+        '"watermark":false,"responseFormat":"url","sequential":"auto","references":[],'
+        '"sequentialOptions":{"maxImages":3},"width":2048,"height":2048,'
+        '"webhookUrl":"https://hooks.your-product.com/x"}'
+    )
+    # An auto size with references is resolved by the prepare stage: its pixels come last.
+    referenced = record(width=None, height=None, webhook_url="https://hooks.your-product.com/x")
+    assert "width" not in public_input(referenced)
+    assert list(public_input(replace(referenced, width=2560, height=1440)))[-3:] == [
+        "webhookUrl",
+        "width",
+        "height",
+    ]
 
 
 def test_failed_shape(tmp_path: Path) -> None:
@@ -126,7 +147,7 @@ def test_a_b64_record_streams_one_image_at_a_time(tmp_path: Path) -> None:
         finished_ms=1_700_000_100_000,
         images=(*images, ImageResult(index=3, error="storage_failed")),
         cost=30,
-        input={"seed": 1, "responseFormat": "b64_json", "guidanceScale": 7.5, "watermark": False},
+        response_format="b64_json",
     )
     arguments = dict(store=counting, base_url="https://api.test", ttl_seconds=TTL, now_ms=1)
     chunks = stream_view(rec, **arguments)

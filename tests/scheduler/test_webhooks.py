@@ -40,7 +40,7 @@ def test_inline_images_only_while_the_body_is_small(
     record = job_record(
         image_count=2,
         created_ms=rt.jobs.now_ms(),
-        input={"seed": 1, "responseFormat": "b64_json", "guidanceScale": 7.5, "watermark": False},
+        response_format="b64_json",
     )
     accept(rt.jobs, record)
     attempt = rt.jobs.claim(record.id, lease_ms=60_000).attempt

@@ -30,7 +30,6 @@ __all__ = [
     "Components",
     "build_components",
     "sdxl_unet_config",
-    "scheduler_config",
 ]
 
 # The random weights of `tiny` and `sdxl-random` are drawn from this seed.
@@ -73,11 +72,6 @@ class Components:
                 module.to(dtype=wanted)
             module.to(device=device).eval().requires_grad_(False)
         return self
-
-
-def scheduler_config() -> dict[str, Any]:
-    """SDXL's Euler scheduler configuration."""
-    return dict(_SCHEDULER)
 
 
 def _text_config(

@@ -72,11 +72,10 @@ class InsufficientBalance(SchedulerError):
 class RateLimited(SchedulerError):
     """Too many calls in the current window."""
 
-    def __init__(self, message: str, *, limit: int, retry_after: int, reset_at: int) -> None:
+    def __init__(self, message: str, *, limit: int, retry_after: int) -> None:
         super().__init__(message)
         self.limit = limit
         self.retry_after = retry_after
-        self.reset_at = reset_at
 
 
 class InvalidRequest(SchedulerError):

@@ -100,10 +100,6 @@ class Runtime:
             )
         return NetPolicy(allow_private=self.settings.allow_private_urls)
 
-    def url_ttl_ms(self) -> int:
-        """Lifetime of signed URLs, in milliseconds."""
-        return self.settings.url_ttl_seconds * 1000
-
 
 _current: Runtime | None = None
 

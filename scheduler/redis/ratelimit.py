@@ -60,7 +60,6 @@ class RateLimiter:
             f"{retry_after} s.",
             limit=limit,
             retry_after=retry_after,
-            reset_at=int(now) + reset,
         )
 
 

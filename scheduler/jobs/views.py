@@ -78,25 +78,23 @@ def public_input(record: JobRecord) -> dict[str, Any]:
     }
     if record.sequential:
         body["sequentialOptions"] = {"maxImages": record.image_count}
-    pixels = (
-        None if record.width is None or record.height is None else (record.width, record.height)
-    )
-    # Pixels that waited for the first reference's shape come last: the prepare stage adds
-    # them after the request's own settings, and a record's bytes (which webhooks sign)
-    # keep the key order clients have seen.
-    late = (
-        resolve(
-            parse_size(record.size), record.aspect_ratio, has_references=bool(record.references)
-        )
-        is None
-    )
-    if pixels and not late:
-        body["width"], body["height"] = pixels
+    pixels = {} if record.width is None else {"width": record.width, "height": record.height}
+    # Pixels resolved from the first reference come last, where the prepare stage added
+    # them: a record's bytes (which webhooks sign) keep the key order clients have seen.
+    late = _sized_by_reference(record)
+    if not late:
+        body.update(pixels)
     if record.webhook_url:
         body["webhookUrl"] = record.webhook_url
-    if pixels and late:
-        body["width"], body["height"] = pixels
+    if late:
+        body.update(pixels)
     return body
+
+
+def _sized_by_reference(record: JobRecord) -> bool:
+    """Whether the request's size waited for its first reference's shape."""
+    size = parse_size(record.size)
+    return resolve(size, record.aspect_ratio, has_references=bool(record.references)) is None
 
 
 def public_view(

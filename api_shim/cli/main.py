@@ -12,10 +12,14 @@ from pathlib import Path
 
 import click
 
-from scheduler.errors import SchedulerError
-from scheduler.redis.accounts import Accounts
-from scheduler.redis.embedded import embedded_or_running
-from scheduler.settings import Settings
+from scheduler import (
+    API_KEY_PREFIX,
+    Accounts,
+    SchedulerError,
+    Settings,
+    embedded_or_running,
+    key_id_of,
+)
 
 __all__ = ["main"]
 
@@ -78,9 +82,9 @@ def api(host: str | None, port: int | None) -> None:
     """Run the HTTP API."""
     import uvicorn
 
-    from scheduler.runtime import init
+    from scheduler import init
 
-    from .app import create_app
+    from ..app import create_app
 
     _logging()
     settings = _settings()
@@ -101,7 +105,7 @@ def api(host: str | None, port: int | None) -> None:
 @click.option("--hostname", default=None, help="Celery node name.")
 def worker(queues: str, concurrency: int | None, hostname: str | None) -> None:
     """Run a Celery worker."""
-    from scheduler.process.worker import run_worker
+    from scheduler import run_worker
 
     _logging()
     run_worker(_settings(), queues=queues, concurrency=concurrency, hostname=hostname)
@@ -111,7 +115,7 @@ def worker(queues: str, concurrency: int | None, hostname: str | None) -> None:
 @click.option("--hostname", required=True, help="Celery node name of the worker to drain.")
 def drain(hostname: str) -> None:
     """Make a worker stop taking jobs; what it runs still finishes (preStop hook)."""
-    from scheduler.process.worker import drain as drain_worker
+    from scheduler import drain as drain_worker
 
     queues = drain_worker(_settings(), hostname=hostname)
     click.echo(f"{hostname} stopped consuming: {', '.join(queues) or 'nothing (not found)'}")
@@ -120,7 +124,7 @@ def drain(hostname: str) -> None:
 @main.command()
 def beat() -> None:
     """Run the beat (the reaper tick)."""
-    from scheduler.process.worker import run_beat
+    from scheduler import run_beat
 
     _logging()
     run_beat(_settings())
@@ -155,6 +159,21 @@ def keys_create(account: str, credits_: int | None, as_json: bool) -> None:
         click.echo(f"account:        {new.account}")
         click.echo(f"api key:        {new.api_key}   (shown once)")
         click.echo(f"webhook secret: {new.webhook_secret}")
+
+
+@keys.command("revoke")
+@click.argument("key")
+def keys_revoke(key: str) -> None:
+    """Revoke an API key, given whole (xm_live_...) or by its id; it stops working at once."""
+    key_id = key_id_of(key) if key.startswith(API_KEY_PREFIX) else key
+    try:
+        with _accounts(_settings()) as accounts:
+            revoked = accounts.revoke_key(key_id)
+    except SchedulerError as exc:
+        raise click.ClickException(exc.message) from exc
+    if not revoked:
+        raise click.ClickException(f"No API key has the id {key_id!r}.")
+    click.echo(f"revoked {key_id}")
 
 
 @main.group()
@@ -194,13 +213,14 @@ def generate(
     prompt: str, out_dir: Path, api_url: str, api_key: str, email: str, **options: object
 ) -> None:
     """Generate images through a running API and save them."""
-    from .client import ApiError, XsdClient
-    from .progress import run_generation
+    from ..client import XsdClient
+    from ..exceptions import XsdError
+    from .generate import run_generation
 
     try:
         with XsdClient(api_url, api_key) as client:
             paths = run_generation(client, prompt=prompt, email=email, out_dir=out_dir, **options)
-    except ApiError as exc:
+    except XsdError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from exc
     for path in paths:
         click.echo(path)

@@ -36,16 +36,21 @@ def _logging() -> None:
 
 @contextmanager
 def _accounts(settings: Settings) -> Iterator[Accounts]:
+    """The accounts in Redis; a scheduler error inside becomes the command's error."""
     import redis
 
-    if settings.redis_url:
-        yield Accounts(
-            redis.Redis.from_url(settings.redis_url, decode_responses=True), pepper=settings.pepper
-        )
-        return
-    with embedded_or_running(settings.redis_dir) as url:
-        client = redis.Redis.from_url(url, decode_responses=True)
-        yield Accounts(client, pepper=settings.pepper)
+    try:
+        if settings.redis_url:
+            yield Accounts(
+                redis.Redis.from_url(settings.redis_url, decode_responses=True),
+                pepper=settings.pepper,
+            )
+            return
+        with embedded_or_running(settings.redis_dir) as url:
+            client = redis.Redis.from_url(url, decode_responses=True)
+            yield Accounts(client, pepper=settings.pepper)
+    except SchedulerError as exc:
+        raise click.ClickException(exc.message) from exc
 
 
 @click.group()
@@ -142,13 +147,10 @@ def keys() -> None:
 def keys_create(account: str, credits_: int | None, as_json: bool) -> None:
     """Create an API key (and the account, if new)."""
     settings = _settings()
-    try:
-        with _accounts(settings) as accounts:
-            new = accounts.create_key(account)
-            if credits_:
-                accounts.add_credits(account, credits_)
-    except SchedulerError as exc:
-        raise click.ClickException(exc.message) from exc
+    with _accounts(settings) as accounts:
+        new = accounts.create_key(account)
+        if credits_:
+            accounts.add_credits(account, credits_)
     if as_json:
         click.echo(
             json.dumps(
@@ -166,11 +168,8 @@ def keys_create(account: str, credits_: int | None, as_json: bool) -> None:
 def keys_revoke(key: str) -> None:
     """Revoke an API key, given whole (xm_live_...) or by its id; it stops working at once."""
     key_id = key_id_of(key) if key.startswith(API_KEY_PREFIX) else key
-    try:
-        with _accounts(_settings()) as accounts:
-            revoked = accounts.revoke_key(key_id)
-    except SchedulerError as exc:
-        raise click.ClickException(exc.message) from exc
+    with _accounts(_settings()) as accounts:
+        revoked = accounts.revoke_key(key_id)
     if not revoked:
         raise click.ClickException(f"No API key has the id {key_id!r}.")
     click.echo(f"revoked {key_id}")
@@ -186,11 +185,8 @@ def credits() -> None:
 @click.option("--amount", type=int, required=True, help="xTokens to add.")
 def credits_add(account: str, amount: int) -> None:
     """Add xTokens to an account."""
-    try:
-        with _accounts(_settings()) as accounts:
-            balance = accounts.add_credits(account, amount)
-    except SchedulerError as exc:
-        raise click.ClickException(exc.message) from exc
+    with _accounts(_settings()) as accounts:
+        balance = accounts.add_credits(account, amount)
     click.echo(f"{account}: {balance} xTokens")
 
 

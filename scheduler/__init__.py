@@ -8,6 +8,7 @@ rooms, never from here: the facade sits above them all.
 """
 
 import importlib
+import typing
 
 # Where each public name lives, by room.
 _ROOMS: dict[str, tuple[str, ...]] = {
@@ -55,7 +56,7 @@ _HOME = {name: module for module, names in _ROOMS.items() for name in names}
 __all__ = sorted(_HOME, key=str.casefold)
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> typing.Any:
     """Import a public name from its room on first use (PEP 562)."""
     module = _HOME.get(name)
     if module is None:

@@ -8,11 +8,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram
 
-from scheduler.metrics import QueueDepthCollector, register_once
-from scheduler.redis.ratelimit import RateStatus
-from scheduler.runtime import Runtime
-from scheduler.service import Service
-from scheduler.stages.celery_app import CPU_QUEUE, gpu_queues
+from scheduler import QueueDepthCollector, RateStatus, Runtime, Service, register_once
 
 from . import openapi, ops, routes
 from .errors import install_handlers, rate_limit_headers
@@ -48,17 +44,12 @@ def create_app(runtime: Runtime) -> FastAPI:
         # Operation ids are the handlers' names (get_generation), as links refer to them.
         generate_unique_id_function=lambda route: route.name,
     )
-    app.state.service = Service(runtime)
-    register_once(
-        "queue_depth",
-        QueueDepthCollector(
-            runtime.redis.llen, lambda: [CPU_QUEUE, *gpu_queues(runtime.registry.aliases())]
-        ),
-    )
+    service = app.state.service = Service(runtime)
+    register_once("queue_depth", QueueDepthCollector(service.queue_length, service.queue_names))
     install_handlers(app)
     app.include_router(routes.router)
     app.include_router(ops.router)
-    openapi.install(app, app.state.service.model_aliases)
+    openapi.install(app, service.model_aliases)
 
     @app.middleware("http")
     async def observe(

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import Request
 
-from .errors import ApiError
+from .exceptions import ApiError, ErrorCode
 
 __all__ = ["JSON_MEDIA_TYPE", "MAX_JSON_DEPTH", "check_media_type", "parse_object", "read_body"]
 
@@ -38,8 +38,7 @@ def check_media_type(content_type: str | None) -> None:
         isinstance(charset, str) and charset.lower() not in ("utf-8", "utf8")
     ):
         raise ApiError(
-            415,
-            "unsupported_media_type",
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
             f"The request body must be sent as 'Content-Type: {JSON_MEDIA_TYPE}' (UTF-8); "
             f"got {content_type or 'no Content-Type'}.",
         )
@@ -47,14 +46,15 @@ def check_media_type(content_type: str | None) -> None:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+    too_large = ApiError(ErrorCode.PAYLOAD_TOO_LARGE, f"The request body exceeds {limit} bytes.")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "payload_too_large", f"The request body exceeds {limit} bytes.")
+        raise too_large
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "payload_too_large", f"The request body exceeds {limit} bytes.")
+            raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -98,7 +98,7 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 
 def _invalid(message: str, *, param: str | None = None) -> ApiError:
-    return ApiError(400, "validation_error", message, param=param)
+    return ApiError(ErrorCode.VALIDATION_ERROR, message, param=param)
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:

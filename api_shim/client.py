@@ -20,9 +20,19 @@ from typing import Any
 
 import httpx
 
-from scheduler.net.signing import SignatureError, verify
+from scheduler import SignatureError, verify
 
-__all__ = ["XsdClient", "ApiError", "verify_webhook", "SignatureError", "TERMINAL_STATUSES"]
+from .exceptions import ApiError, ImageUnavailable, XsdError
+
+__all__ = [
+    "XsdClient",
+    "XsdError",
+    "ApiError",
+    "ImageUnavailable",
+    "verify_webhook",
+    "SignatureError",
+    "TERMINAL_STATUSES",
+]
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "expired"})
 # The first wait before retrying a call, doubled after each try up to the cap.
@@ -30,12 +40,8 @@ RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 8.0
 
 
-class ApiError(Exception):
-    """An error response, with the spec's ``code``, ``message`` and ``param``."""
-
-    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message, self.param = status, code, message, param
+# The code of an error answer that is not in the error format (a proxy's page, say).
+_NOT_AN_API_ERROR = "http_error"
 
 
 def verify_webhook(secret: str, body: bytes, headers: Any, *, now: float | None = None) -> None:
@@ -120,9 +126,14 @@ class XsdClient:
             try:
                 error = response.json()["error"]
             except (ValueError, KeyError, TypeError):
-                raise ApiError(response.status_code, "http_error", response.text[:200]) from None
+                raise ApiError(
+                    _NOT_AN_API_ERROR, response.text[:200], status=response.status_code
+                ) from None
             raise ApiError(
-                response.status_code, error["code"], error["message"], error.get("param")
+                error["code"],
+                error["message"],
+                status=response.status_code,
+                param=error.get("param"),
             )
         return response.json()
 
@@ -192,8 +203,8 @@ class XsdClient:
             path.write_bytes(base64.b64decode(image["b64Json"]))
             return path
         if "url" not in image:
-            raise ApiError(
-                200, image.get("error", {}).get("code", "storage_failed"), "No image data."
+            raise ImageUnavailable(
+                image.get("error", {}).get("code", "storage_failed"), "No image data."
             )
         with httpx.stream("GET", image["url"], timeout=60.0) as response:
             response.raise_for_status()

@@ -1,7 +1,8 @@
-"""The error body and the one place that maps exceptions to it.
+"""The one place that maps exceptions to the error format.
 
-Every error the API returns has the shape
-``{"error": {"code": "...", "message": "...", "param": "<field or null>"}}``.
+Every exception a request ends in becomes an :class:`~api_shim.exceptions.ApiError`, and
+every ``ApiError`` is answered by :func:`error_response`; ``api_shim.exceptions`` draws the
+hierarchy and holds the codes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from scheduler.errors import (
+from scheduler import (
+    OUTAGE_ERRORS,
+    RETRY_AFTER_SECONDS,
     AuthenticationFailed,
     Conflict,
     Forbidden,
@@ -26,43 +29,35 @@ from scheduler.errors import (
     RateLimited,
     SchedulerError,
 )
-from scheduler.redis.outage import OUTAGE_ERRORS, RETRY_AFTER_SECONDS
 
-__all__ = ["ApiError", "error_response", "install_handlers", "rate_limit_headers"]
+from .exceptions import ApiError, ErrorCode
+
+__all__ = ["error_response", "install_handlers", "rate_limit_headers"]
 
 log = logging.getLogger(__name__)
 
-# Scheduler error class -> (HTTP status, error code); the first matching base class wins.
-_STATUS: list[tuple[type[SchedulerError], int, str]] = [
-    (AuthenticationFailed, 401, "authentication_error"),
-    (Forbidden, 403, "authentication_error"),
-    (InsufficientBalance, 402, "insufficient_balance"),
-    (NotFound, 404, "not_found"),
-    (Conflict, 409, "conflict"),
-    (RateLimited, 429, "rate_limit_exceeded"),
-    (InvalidRequest, 400, "validation_error"),
+# Scheduler error class -> error code; the first matching base class wins.
+_CODES: list[tuple[type[SchedulerError], ErrorCode]] = [
+    (AuthenticationFailed, ErrorCode.AUTHENTICATION_ERROR),
+    (Forbidden, ErrorCode.AUTHENTICATION_ERROR),
+    (InsufficientBalance, ErrorCode.INSUFFICIENT_BALANCE),
+    (NotFound, ErrorCode.NOT_FOUND),
+    (Conflict, ErrorCode.CONFLICT),
+    (RateLimited, ErrorCode.RATE_LIMIT_EXCEEDED),
+    (InvalidRequest, ErrorCode.VALIDATION_ERROR),
 ]
+# A forged or expired signed URL is refused, not unauthenticated: the format has no code
+# for 403, so it keeps authentication_error with a status of its own.
+_FORBIDDEN_STATUS = 403
+_INTERNAL = ApiError(ErrorCode.INTERNAL_ERROR, "An internal error occurred.")
 
 
-class ApiError(Exception):
-    """An HTTP-level error raised by the shim itself (bad JSON, body too large, ...)."""
-
-    def __init__(self, status: int, code: str, message: str, *, param: str | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.param = status, code, message, param
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    *,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """A response in the spec's error format."""
-    body: dict[str, Any] = {"error": {"code": code, "message": message, "param": param}}
-    return JSONResponse(body, status_code=status, headers=headers)
+def error_response(error: ApiError) -> JSONResponse:
+    """The answer to ``error``, in the spec's error format."""
+    body: dict[str, Any] = {
+        "error": {"code": str(error.code), "message": error.message, "param": error.param}
+    }
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 def rate_limit_headers(*, limit: int, remaining: int, reset_seconds: int) -> dict[str, str]:
@@ -74,28 +69,32 @@ def rate_limit_headers(*, limit: int, remaining: int, reset_seconds: int) -> dic
     }
 
 
+def _headers_of(exc: SchedulerError) -> dict[str, str] | None:
+    if isinstance(exc, RateLimited):
+        return {
+            "Retry-After": str(exc.retry_after),
+            **rate_limit_headers(limit=exc.limit, remaining=0, reset_seconds=exc.retry_after),
+        }
+    if isinstance(exc, AuthenticationFailed):
+        return {"WWW-Authenticate": "Bearer"}
+    return None
+
+
 def _scheduler_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SchedulerError)
-    for cls, status, code in _STATUS:
-        if isinstance(exc, cls):
-            headers = None
-            if isinstance(exc, RateLimited):
-                headers = {
-                    "Retry-After": str(exc.retry_after),
-                    **rate_limit_headers(
-                        limit=exc.limit, remaining=0, reset_seconds=exc.retry_after
-                    ),
-                }
-            if isinstance(exc, AuthenticationFailed):
-                headers = {"WWW-Authenticate": "Bearer"}
-            return error_response(status, code, exc.message, param=exc.param, headers=headers)
-    log.error("unmapped scheduler error: %r", exc)
-    return error_response(500, "internal_error", "An internal error occurred.")
+    code = next((code for cls, code in _CODES if isinstance(exc, cls)), None)
+    if code is None:
+        log.error("unmapped scheduler error: %r", exc)
+        return error_response(_INTERNAL)
+    status = _FORBIDDEN_STATUS if isinstance(exc, Forbidden) else None
+    return error_response(
+        ApiError(code, exc.message, status=status, param=exc.param, headers=_headers_of(exc))
+    )
 
 
 def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, param=exc.param)
+    return error_response(exc)
 
 
 def _query_validation(_: Request, exc: Exception) -> JSONResponse:
@@ -104,7 +103,7 @@ def _query_validation(_: Request, exc: Exception) -> JSONResponse:
     loc = [str(part) for part in first.get("loc", ()) if part not in ("query", "path", "body")]
     param = ".".join(loc) or None
     message = f"{param or 'The request'}: {first.get('msg', 'is invalid')}."
-    return error_response(400, "validation_error", message, param=param)
+    return error_response(ApiError(ErrorCode.VALIDATION_ERROR, message, param=param))
 
 
 def _allowed_methods(request: Request) -> list[str]:
@@ -122,33 +121,38 @@ def _allowed_methods(request: Request) -> list[str]:
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
-        return error_response(404, "not_found", "No such endpoint.")
+        return error_response(ApiError(ErrorCode.NOT_FOUND, "No such endpoint."))
     if exc.status_code == 405:
         allowed = ", ".join(_allowed_methods(request))
         return error_response(
-            405,
-            "method_not_allowed",
-            f"This method is not allowed here; use {allowed}.",
-            headers={"Allow": allowed},  # RFC 9110 requires it with every 405
+            ApiError(
+                ErrorCode.METHOD_NOT_ALLOWED,
+                f"This method is not allowed here; use {allowed}.",
+                headers={"Allow": allowed},  # RFC 9110 requires it with every 405
+            )
         )
-    return error_response(exc.status_code, "validation_error", str(exc.detail))
+    # Any other status the framework raises keeps its number.
+    return error_response(
+        ApiError(ErrorCode.VALIDATION_ERROR, str(exc.detail), status=exc.status_code)
+    )
 
 
 def _outage(request: Request, exc: Exception) -> JSONResponse:
     # One log line per outage (not a traceback per request); the client retries.
     request.app.state.service.outage.failed(exc)
     return error_response(
-        503,
-        "service_unavailable",
-        "The service is briefly unavailable: its database cannot be reached. Retry in a few "
-        "seconds; a POST retried with the same Idempotency-Key is never charged twice.",
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        ApiError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "The service is briefly unavailable: its database cannot be reached. Retry in a "
+            "few seconds; a POST retried with the same Idempotency-Key is never charged twice.",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     )
 
 
 def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "An internal error occurred.")
+    return error_response(_INTERNAL)
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -18,8 +18,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from scheduler.jobs.states import JobErrorCode, JobStatus
+from scheduler import JobErrorCode, JobStatus
 
+from .exceptions import ErrorCode
 from .schemas import GenerationBody
 
 __all__ = [
@@ -52,14 +53,13 @@ RECORD_LINKS = {
 }
 
 
+_API_CODES = [code.value for code in ErrorCode]
+
+
 class ErrorDetail(BaseModel):
     """What went wrong."""
 
-    code: str = Field(
-        description="validation_error, authentication_error, insufficient_balance, not_found, "
-        "conflict, method_not_allowed, payload_too_large, unsupported_media_type, "
-        "rate_limit_exceeded, internal_error or service_unavailable."
-    )
+    code: str = Field(description=f"{', '.join(_API_CODES[:-1])} or {_API_CODES[-1]}.")
     message: str = Field(description="A full sentence for humans.")
     param: str | None = Field(description="The field or header at fault, if one is.")
 

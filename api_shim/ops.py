@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scheduler.jobs.objects import FILES_PATH, open_signed_file
+from scheduler import FILES_PATH, open_signed_file
 
 from .openapi import errors
 from .routes import service_of
@@ -58,7 +58,7 @@ def signed_file(
     signature: Annotated[str, Query()],
 ) -> FileResponse:
     """Serves a stored image while its signed URL is valid (local storage only)."""
-    store = service_of(request).runtime.store
+    store = service_of(request).object_store
     path, content_type = open_signed_file(store, key, expires=expires, signature=signature)
     return FileResponse(
         path, media_type=content_type, headers={"Cache-Control": "private, max-age=3600"}

@@ -1,7 +1,7 @@
 """The xSD 4.5 endpoints: generations, end users, account and models.
 
 Handlers stay thin: authenticate and rate-limit (dependencies), validate, call one
-:class:`scheduler.service.Service` method in the thread pool (it talks to Redis), shape the
+:class:`scheduler.Service` method in the thread pool (it talks to Redis), shape the
 response.
 """
 
@@ -16,12 +16,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from scheduler.errors import AuthenticationFailed
-from scheduler.redis.accounts import Principal
-from scheduler.service import Service
+from scheduler import AuthenticationFailed, Principal, Service
 
 from .body import JSON_MEDIA_TYPE, check_media_type, parse_object, read_body
-from .errors import ApiError
+from .exceptions import ApiError, ErrorCode
 from .openapi import (
     BODY_REF,
     RECORD_LINKS,
@@ -101,12 +99,12 @@ EndUserEmail = Annotated[str, Path(json_schema_extra=_EMAIL_FORMAT)]
 
 def _validate(service: Service, raw: bytes) -> GenerationBody:
     data = parse_object(raw)
-    context = ValidationContext(models=service.model_aliases(), policy=service.runtime.net_policy)
+    context = ValidationContext(models=service.model_aliases(), policy=service.net_policy)
     try:
         return GenerationBody.model_validate(data, context=context)
     except ValidationError as exc:
         param, message = describe_error(first_error(exc.errors()), models=context.models)
-        raise ApiError(400, "validation_error", message, param=param) from exc
+        raise ApiError(ErrorCode.VALIDATION_ERROR, message, param=param) from exc
 
 
 def _idempotency_key(value: str | None) -> str | None:
@@ -118,8 +116,7 @@ def _idempotency_key(value: str | None) -> str | None:
         or not value.isascii()
     ):
         raise ApiError(
-            400,
-            "validation_error",
+            ErrorCode.VALIDATION_ERROR,
             f"Idempotency-Key must be 1-{_IDEMPOTENCY_KEY_MAX} printable ASCII characters.",
             param="Idempotency-Key",
         )
@@ -131,7 +128,7 @@ def _email(value: str) -> str:
         return normalized_email(value)
     except EmailNotValidError as exc:
         raise ApiError(
-            400, "validation_error", f"{value!r} is not a valid email address.", param="email"
+            ErrorCode.VALIDATION_ERROR, f"{value!r} is not a valid email address.", param="email"
         ) from exc
 
 
@@ -169,16 +166,14 @@ async def create_generation(
     service = service_of(request)
     key = _idempotency_key(idempotency_key)
     check_media_type(request.headers.get("content-type"))
-    raw = await read_body(request, service.runtime.settings.max_body_bytes)
+    raw = await read_body(request, service.max_body_bytes)
     # Parsing and validation are CPU work (a prompt is tokenized) and may resolve the
     # webhook host: keep both off the event loop.
     body = await run_in_threadpool(_validate, service, raw)
     view, replayed = await run_in_threadpool(
         service.submit, principal, body.to_job_input(), idempotency_key=key
     )
-    headers = {
-        "Location": f"{service.runtime.settings.base_url()}/v1/generations/{view['requestId']}"
-    }
+    headers = {"Location": f"{service.base_url}/v1/generations/{view['requestId']}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(view, status_code=202, headers=headers)

@@ -14,19 +14,22 @@ from typing import Any, Literal
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from scheduler.errors import UnsafeURL
-from scheduler.jobs.inputs import (
+from scheduler import (
     MAX_IMAGES,
     MAX_PROMPT_CHARS,
     MAX_PROMPT_TOKENS,
     MAX_REFERENCES,
     MAX_SEED,
+    AspectRatio,
+    JobInput,
+    NetPolicy,
+    SizeError,
+    UnsafeURL,
+    check_url,
     frame_count,
+    parse_size,
     prompt_tokens,
 )
-from scheduler.jobs.records import JobInput
-from scheduler.jobs.sizes import AspectRatio, SizeError, parse_size
-from scheduler.net.policy import NetPolicy, check_url
 
 __all__ = [
     "ValidationContext",

@@ -24,7 +24,7 @@ import httpx
 import redis
 from botocore.config import Config
 
-from api_shim.supervisor import Supervisor
+from api_shim.cli.supervisor import Supervisor
 from scheduler.redis.accounts import Accounts
 from scheduler.redis.embedded import EmbeddedRedis, free_port, free_port_block
 from scheduler.settings import Settings

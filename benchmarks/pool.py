@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import redis
 
-from api_shim.supervisor import Supervisor
+from api_shim.cli.supervisor import Supervisor
 from scheduler.redis.accounts import Accounts
 from scheduler.redis.embedded import free_port, free_port_block
 from scheduler.settings import Settings

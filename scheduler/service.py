@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from storage import StorageError
+from storage import ObjectStore, StorageError
 
 from . import metrics
 from .errors import Conflict, InvalidRequest, NotFound
@@ -24,11 +24,12 @@ from .jobs.records import JobInput, JobRecord
 from .jobs.sizes import largest_pixels, parse_size, resolve
 from .jobs.states import JobErrorCode, JobStatus
 from .jobs.views import inlines, iso_time, public_view, stream_view
+from .net.policy import NetPolicy
 from .redis.accounts import Principal
 from .redis.outage import Outage
 from .redis.ratelimit import RateStatus
 from .runtime import Runtime
-from .stages.celery_app import send_prepare
+from .stages.celery_app import CPU_QUEUE, gpu_queues, send_prepare
 from .stages.lifecycle import delete_job, fail_job
 
 __all__ = ["Service", "new_job_id"]
@@ -285,6 +286,34 @@ class Service:
     def model_aliases(self) -> list[str]:
         """Just the aliases."""
         return self.runtime.registry.aliases()
+
+    def queue_names(self) -> list[str]:
+        """Every Celery queue jobs wait in: the CPU queue and each model's GPU queues."""
+        return [CPU_QUEUE, *gpu_queues(self.model_aliases())]
+
+    def queue_length(self, queue: str) -> int:
+        """How many messages wait in one queue."""
+        return int(self.runtime.redis.llen(queue))
+
+    @property
+    def net_policy(self) -> NetPolicy:
+        """Which URLs a request may name (references, webhooks)."""
+        return self.runtime.net_policy
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body the API reads."""
+        return self.runtime.settings.max_body_bytes
+
+    @property
+    def base_url(self) -> str:
+        """The API's public base URL, without a trailing slash."""
+        return self.runtime.settings.base_url()
+
+    @property
+    def object_store(self) -> ObjectStore:
+        """Where images are stored (signed local files are served from it)."""
+        return self.runtime.store
 
     def ready(self) -> bool:
         """Whether Redis answers (the API cannot accept work without it)."""

@@ -1,5 +1,7 @@
 """Imports flow one way: api_shim -> scheduler -> {pipeline, storage}, and inside the
-scheduler from the process entry points down to the rooms that know the least.
+scheduler from the process entry points down to the rooms that know the least. The shim
+sees the scheduler only through its facade (``scheduler/__init__.py``), which nothing
+inside the scheduler imports.
 
 Checked on the source, so a violation fails here even if nothing exercises the import.
 """
@@ -62,27 +64,61 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _package_of(path: Path) -> str:
+    """The package relative imports in ``path`` are resolved against."""
+    package = module_name(path)
+    return package if path.name == "__init__.py" else package.rpartition(".")[0]
+
+
+def _from_base(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a ``from ... import`` statement imports from."""
+    if node.level == 0:
+        return node.module or ""
+    anchor = package.split(".")
+    anchor = anchor[: len(anchor) - (node.level - 1)]
+    return ".".join(anchor + ([node.module] if node.module else []))
+
+
 def imported_modules(path: Path) -> set[str]:
     """Every module ``path`` imports, relative imports resolved to absolute names."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    package = module_name(path)
-    if path.name != "__init__.py":
-        package = package.rpartition(".")[0]
+    package = _package_of(path)
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 0:
-                base = node.module or ""
-            else:
-                anchor = package.split(".")
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join(anchor + ([node.module] if node.module else []))
+            base = _from_base(node, package)
             # ``from pkg import name`` may name a submodule: count both.
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
+
+
+def scheduler_imports(path: Path) -> tuple[set[str], set[str]]:
+    """What ``path`` takes from the scheduler: the names it imports from the package itself
+    (``from scheduler import X`` where X is no submodule: the facade), and every other
+    import of a scheduler module (``import scheduler.x``, ``from scheduler.x import y``,
+    ``from scheduler import x`` where x is a submodule)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = _package_of(path)
+    facade: set[str] = set()
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(a.name for a in node.names if within(a.name, {"scheduler"}))
+        elif isinstance(node, ast.ImportFrom):
+            base = _from_base(node, package)
+            if base != "scheduler":
+                modules.update({base} if within(base, {"scheduler"}) else set())
+                continue
+            for alias in node.names:
+                submodule = ROOT / "scheduler" / alias.name
+                if submodule.is_dir() or submodule.with_suffix(".py").is_file():
+                    modules.add(f"scheduler.{alias.name}")
+                else:
+                    facade.add(alias.name)
+    return facade, modules
 
 
 def within(name: str, prefixes: set[str]) -> bool:
@@ -118,6 +154,37 @@ def test_scheduler_rooms_import_downwards(room: str) -> None:
         if wrong:
             violations[str(path.relative_to(ROOT))] = sorted(wrong)
     assert violations == {}
+
+
+def test_the_shim_uses_only_the_scheduler_facade() -> None:
+    """``from scheduler import X`` with X in the facade's ``__all__``, never a room."""
+    import scheduler
+
+    violations = {}
+    for path in (ROOT / "api_shim").rglob("*.py"):
+        facade, modules = scheduler_imports(path)
+        wrong = modules | (facade - set(scheduler.__all__))
+        if wrong:
+            violations[str(path.relative_to(ROOT))] = sorted(wrong)
+    assert violations == {}
+
+
+def test_the_scheduler_never_imports_its_facade() -> None:
+    """The facade imports the rooms; a room importing the facade would be a cycle."""
+    violations = {}
+    for path in (ROOT / "scheduler").rglob("*.py"):
+        facade, _ = scheduler_imports(path)
+        if facade:
+            violations[str(path.relative_to(ROOT))] = sorted(facade)
+    assert violations == {}
+
+
+def test_the_facade_rules_see_what_they_check() -> None:
+    """A guard against the checker going blind, as for relative imports below."""
+    facade, modules = scheduler_imports(ROOT / "api_shim/routes.py")
+    assert "Service" in facade and not modules
+    facade, modules = scheduler_imports(ROOT / "scheduler/stages/lifecycle.py")
+    assert not facade and {"scheduler.metrics", "scheduler.jobs.store"} <= modules
 
 
 def test_the_rules_see_relative_imports() -> None:

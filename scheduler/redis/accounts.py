@@ -21,7 +21,14 @@ import redis
 from ..errors import AuthenticationFailed, InvalidRequest, NotFound
 from . import keys
 
-__all__ = ["API_KEY_PREFIX", "Principal", "NewKey", "Accounts", "validate_account_name"]
+__all__ = [
+    "API_KEY_PREFIX",
+    "Principal",
+    "NewKey",
+    "Accounts",
+    "key_id_of",
+    "validate_account_name",
+]
 
 API_KEY_PREFIX = "xm_live_"
 _KEY_ID_LEN = 12
@@ -57,6 +64,11 @@ def validate_account_name(name: str) -> str:
             param="account",
         )
     return name
+
+
+def key_id_of(api_key: str) -> str:
+    """The id of an API key: the characters after the prefix that name its Redis record."""
+    return api_key[len(API_KEY_PREFIX) : len(API_KEY_PREFIX) + _KEY_ID_LEN]
 
 
 def _random(length: int) -> str:
@@ -109,7 +121,7 @@ class Accounts:
             raise AuthenticationFailed(
                 "Malformed Authorization header: expected 'Bearer xm_live_...'."
             )
-        key_id = token[len(API_KEY_PREFIX) : len(API_KEY_PREFIX) + _KEY_ID_LEN]
+        key_id = key_id_of(token)
         stored = self._redis.hmget(keys.api_key(key_id), "account", "digest")
         account, digest = stored[0], stored[1]
         # Compare even when the id is unknown, so both failures take the same time.

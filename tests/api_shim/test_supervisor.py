@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from api_shim.supervisor import Supervisor
+from api_shim.cli.supervisor import Supervisor
 from scheduler.settings import Settings
 
 

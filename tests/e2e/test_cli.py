@@ -1,5 +1,5 @@
-"""The operator's commands as a newcomer runs them: ``xsd keys create``, ``xsd credits add``,
-``xsd up`` (embedded Redis, Ctrl-C), ``xsd generate`` and ``xsd demo``."""
+"""The operator's commands as a newcomer runs them: ``xsd keys create``, ``xsd keys revoke``,
+``xsd credits add``, ``xsd up`` (embedded Redis, Ctrl-C), ``xsd generate`` and ``xsd demo``."""
 
 from __future__ import annotations
 
@@ -154,6 +154,22 @@ def test_up_generate_and_ctrl_c(env: dict[str, str], tmp_path: Path) -> None:
         time.sleep(0.2)
     assert processes_of(data_dir) == [], "Ctrl-C leaves no process behind"
     assert redis_pids(redis_port) == []
+
+
+def test_keys_revoke(env: dict[str, str]) -> None:
+    """A key is revoked whole or by its id, once; a second revocation says it is gone."""
+    keys = [
+        json.loads(xsd("keys", "create", "--account", "acme", "--json", env=env).stdout)["apiKey"]
+        for _ in range(2)
+    ]
+    by_key, by_id = keys[0], keys[1][len("xm_live_") : len("xm_live_") + 12]
+    revoked = xsd("keys", "revoke", by_key, env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == f"revoked {by_key[8:20]}"
+    assert xsd("keys", "revoke", by_id, env=env).returncode == 0
+    again = xsd("keys", "revoke", by_key, env=env)
+    assert again.returncode != 0 and "No API key has the id" in again.stderr
+    assert processes_of(Path(env["XSD_DATA_DIR"])) == []
 
 
 def test_demo(env: dict[str, str], tmp_path: Path) -> None:

@@ -12,10 +12,14 @@ from pathlib import Path
 
 import click
 
-from scheduler.errors import SchedulerError
-from scheduler.redis.accounts import Accounts
-from scheduler.redis.embedded import embedded_or_running
-from scheduler.settings import Settings
+from scheduler import (
+    API_KEY_PREFIX,
+    Accounts,
+    SchedulerError,
+    Settings,
+    embedded_or_running,
+    key_id_of,
+)
 
 __all__ = ["main"]
 
@@ -32,16 +36,21 @@ def _logging() -> None:
 
 @contextmanager
 def _accounts(settings: Settings) -> Iterator[Accounts]:
+    """The accounts in Redis; a scheduler error inside becomes the command's error."""
     import redis
 
-    if settings.redis_url:
-        yield Accounts(
-            redis.Redis.from_url(settings.redis_url, decode_responses=True), pepper=settings.pepper
-        )
-        return
-    with embedded_or_running(settings.redis_dir) as url:
-        client = redis.Redis.from_url(url, decode_responses=True)
-        yield Accounts(client, pepper=settings.pepper)
+    try:
+        if settings.redis_url:
+            yield Accounts(
+                redis.Redis.from_url(settings.redis_url, decode_responses=True),
+                pepper=settings.pepper,
+            )
+            return
+        with embedded_or_running(settings.redis_dir) as url:
+            client = redis.Redis.from_url(url, decode_responses=True)
+            yield Accounts(client, pepper=settings.pepper)
+    except SchedulerError as exc:
+        raise click.ClickException(exc.message) from exc
 
 
 @click.group()
@@ -78,9 +87,9 @@ def api(host: str | None, port: int | None) -> None:
     """Run the HTTP API."""
     import uvicorn
 
-    from scheduler.runtime import init
+    from scheduler import init
 
-    from .app import create_app
+    from ..app import create_app
 
     _logging()
     settings = _settings()
@@ -101,7 +110,7 @@ def api(host: str | None, port: int | None) -> None:
 @click.option("--hostname", default=None, help="Celery node name.")
 def worker(queues: str, concurrency: int | None, hostname: str | None) -> None:
     """Run a Celery worker."""
-    from scheduler.process.worker import run_worker
+    from scheduler import run_worker
 
     _logging()
     run_worker(_settings(), queues=queues, concurrency=concurrency, hostname=hostname)
@@ -111,7 +120,7 @@ def worker(queues: str, concurrency: int | None, hostname: str | None) -> None:
 @click.option("--hostname", required=True, help="Celery node name of the worker to drain.")
 def drain(hostname: str) -> None:
     """Make a worker stop taking jobs; what it runs still finishes (preStop hook)."""
-    from scheduler.process.worker import drain as drain_worker
+    from scheduler import drain as drain_worker
 
     queues = drain_worker(_settings(), hostname=hostname)
     click.echo(f"{hostname} stopped consuming: {', '.join(queues) or 'nothing (not found)'}")
@@ -120,7 +129,7 @@ def drain(hostname: str) -> None:
 @main.command()
 def beat() -> None:
     """Run the beat (the reaper tick)."""
-    from scheduler.process.worker import run_beat
+    from scheduler import run_beat
 
     _logging()
     run_beat(_settings())
@@ -138,13 +147,10 @@ def keys() -> None:
 def keys_create(account: str, credits_: int | None, as_json: bool) -> None:
     """Create an API key (and the account, if new)."""
     settings = _settings()
-    try:
-        with _accounts(settings) as accounts:
-            new = accounts.create_key(account)
-            if credits_:
-                accounts.add_credits(account, credits_)
-    except SchedulerError as exc:
-        raise click.ClickException(exc.message) from exc
+    with _accounts(settings) as accounts:
+        new = accounts.create_key(account)
+        if credits_:
+            accounts.add_credits(account, credits_)
     if as_json:
         click.echo(
             json.dumps(
@@ -157,6 +163,18 @@ def keys_create(account: str, credits_: int | None, as_json: bool) -> None:
         click.echo(f"webhook secret: {new.webhook_secret}")
 
 
+@keys.command("revoke")
+@click.argument("key")
+def keys_revoke(key: str) -> None:
+    """Revoke an API key, given whole (xm_live_...) or by its id; it stops working at once."""
+    key_id = key_id_of(key) if key.startswith(API_KEY_PREFIX) else key
+    with _accounts(_settings()) as accounts:
+        revoked = accounts.revoke_key(key_id)
+    if not revoked:
+        raise click.ClickException(f"No API key has the id {key_id!r}.")
+    click.echo(f"revoked {key_id}")
+
+
 @main.group()
 def credits() -> None:
     """Account balances."""
@@ -167,11 +185,8 @@ def credits() -> None:
 @click.option("--amount", type=int, required=True, help="xTokens to add.")
 def credits_add(account: str, amount: int) -> None:
     """Add xTokens to an account."""
-    try:
-        with _accounts(_settings()) as accounts:
-            balance = accounts.add_credits(account, amount)
-    except SchedulerError as exc:
-        raise click.ClickException(exc.message) from exc
+    with _accounts(_settings()) as accounts:
+        balance = accounts.add_credits(account, amount)
     click.echo(f"{account}: {balance} xTokens")
 
 
@@ -194,13 +209,14 @@ def generate(
     prompt: str, out_dir: Path, api_url: str, api_key: str, email: str, **options: object
 ) -> None:
     """Generate images through a running API and save them."""
-    from .client import ApiError, XsdClient
-    from .progress import run_generation
+    from ..client import XsdClient
+    from ..exceptions import XsdError
+    from .generate import run_generation
 
     try:
         with XsdClient(api_url, api_key) as client:
             paths = run_generation(client, prompt=prompt, email=email, out_dir=out_dir, **options)
-    except ApiError as exc:
+    except XsdError as exc:
         raise click.ClickException(f"{exc.code}: {exc.message}") from exc
     for path in paths:
         click.echo(path)

@@ -22,9 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scheduler.process.worker import EXIT_MODEL_UNAVAILABLE
-from scheduler.redis.embedded import EmbeddedRedis, find_running
-from scheduler.settings import Settings
+from scheduler import EXIT_MODEL_UNAVAILABLE, EmbeddedRedis, Settings, find_running
 
 __all__ = ["Supervisor", "STOP_GRACE_SECONDS"]
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from .client import ApiError, XsdClient
+from ..client import XsdClient
+from ..exceptions import JobFailed
 
 __all__ = ["run_generation", "save_images"]
 
@@ -77,5 +78,5 @@ def run_generation(
         click.echo("", err=True)
     if record["status"] != "succeeded":
         error = record.get("error") or {"code": record["status"], "message": "No images."}
-        raise ApiError(200, error["code"], error["message"])
+        raise JobFailed(error["code"], error["message"], record=record)
     return save_images(client, record, out_dir)

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import redis
 
-from scheduler.redis.accounts import Accounts
-from scheduler.redis.embedded import free_port
-from scheduler.settings import Settings
+from scheduler import Accounts, Settings, free_port
 
-from .client import XsdClient
-from .progress import save_images
+from ..client import XsdClient
+from .generate import save_images
 from .supervisor import Supervisor
 
 __all__ = ["run_demo", "QUICK_EXAMPLE"]

@@ -70,11 +70,12 @@ def encode_images(record: JobRecord, images: Sequence[Image.Image]) -> list[Uplo
 
 class Uploader:
     """The encoding pool, the bound on jobs waiting for it, and the spool of one worker
-    process."""
+    process. Each job is stored and recorded through its own runtime (the one its batch
+    ran with)."""
 
     def __init__(self, runtime: Runtime, leases: LeaseKeeper) -> None:
         settings = runtime.settings
-        self._runtime, self._leases = runtime, leases
+        self._leases = leases
         self._pool = ThreadPoolExecutor(settings.upload_threads, thread_name_prefix="encode")
         # Bounds the jobs whose images wait in memory to be encoded into the spool; the
         # store's speed does not count (the spool's threads upload).
@@ -103,7 +104,7 @@ class Uploader:
             self._spool.submit(
                 f"{job_id}.{claimed.job.attempt}",
                 uploads,
-                store=self._runtime.store,
+                store=claimed.job.runtime.store,
                 done=lambda results: self._record(claimed, results),
                 wanted=lambda: not self._leases.lost(job_id),
             )
@@ -119,7 +120,7 @@ class Uploader:
         """From the spool: record the success of a job whose images are stored (those that
         could not be, past the retry bound, are refunded). None: the job was taken from this
         worker while its images waited; whoever took it records its outcome."""
-        runtime = self._runtime
+        runtime = claimed.job.runtime
         try:
             if results is None:
                 return

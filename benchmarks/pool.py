@@ -177,7 +177,7 @@ def _throughput_phase(
 def _bare_pipeline(*, batch: int, seconds: float) -> dict[str, float]:
     """The same requests through the pipeline alone, plus PNG encoding."""
     from pipeline import GenerationRequest, ModelRegistry, encode_png, load_generator
-    from scheduler.stages.execution import PNG_COMPRESS_LEVEL
+    from scheduler.stages.uploading import PNG_COMPRESS_LEVEL
 
     generator = load_generator(ModelRegistry.from_config(None).get("xSD4.5"))
     requests = [

@@ -22,7 +22,7 @@ from .errors import Conflict, InvalidRequest, NotFound
 from .jobs.inputs import MAX_SEED
 from .jobs.records import JobInput, JobRecord
 from .jobs.sizes import largest_pixels, parse_size, resolve
-from .jobs.states import JobErrorCode, JobStatus
+from .jobs.states import JobStatus
 from .jobs.views import inlines, iso_time, public_view, stream_view
 from .net.policy import NetPolicy
 from .redis.accounts import Principal
@@ -30,7 +30,7 @@ from .redis.outage import Outage
 from .redis.ratelimit import RateStatus
 from .runtime import Runtime
 from .stages.celery_app import CPU_QUEUE, gpu_queues, send_prepare
-from .stages.lifecycle import delete_job, fail_job
+from .stages.lifecycle import Job, delete_job
 
 __all__ = ["Service", "new_job_id"]
 
@@ -197,27 +197,9 @@ class Service:
         # A queued job may be claimed while we cancel it; statuses only move forward, so
         # the second look sees it processing or terminal.
         for _ in range(2):
-            if record.status is JobStatus.QUEUED:
-                finish = fail_job(
-                    self.runtime,
-                    record,
-                    JobErrorCode.CANCELLED,
-                    "Cancelled by the client before a worker took it; the request was refunded.",
-                    only=(JobStatus.QUEUED,),
-                )
-            elif record.status is JobStatus.PROCESSING:
-                finish = fail_job(
-                    self.runtime,
-                    record,
-                    JobErrorCode.CANCELLED,
-                    "Cancelled by the client while it was generated; its work stopped and, "
-                    f"since a worker had claimed it, its {record.charged} xTokens are charged.",
-                    only=(JobStatus.PROCESSING,),
-                    cost=record.charged,
-                )
-            else:
+            if record.status.is_terminal():
                 break
-            if finish.ok:
+            if Job.as_read(self.runtime, record).cancel().ok:
                 return self.get(principal, job_id)
             record = self.runtime.jobs.get_owned(principal.account, job_id)
         raise Conflict(

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from .sizes import AspectRatio
-from .states import JobStatus
+from .states import ImageErrorCode, JobStatus
 
 __all__ = ["PRICE_PER_IMAGE", "JobInput", "ImageResult", "JobRecord"]
 
@@ -59,11 +59,17 @@ class ImageResult:
     index: int
     key: str | None = None
     size: int | None = None
-    error: str | None = None
+    error: ImageErrorCode | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Compact form kept in the record."""
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, item: dict[str, Any]) -> ImageResult:
+        """Rebuild an image from its compact form."""
+        error = item.get("error")
+        return cls(**{**item, "error": None if error is None else ImageErrorCode(error)})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,7 +124,9 @@ class JobRecord:
             value = data.get(name, "")
             return int(value) if value else None
 
-        images = tuple(ImageResult(**item) for item in json.loads(data.get("images") or "[]"))
+        images = tuple(
+            ImageResult.from_json(item) for item in json.loads(data.get("images") or "[]")
+        )
         return cls(
             id=data["id"],
             account=data["account"],

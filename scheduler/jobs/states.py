@@ -1,14 +1,27 @@
-"""Job states, their transitions, and the error codes a failed job can carry.
+"""Job states, their transitions, the error codes a failed job or image can carry, and the
+outcomes of the store's atomic changes and of webhook deliveries.
 
 This module is the one place that says which status may follow which. The Redis scripts
-that move a record between states take their allowed source states from here.
+that move a record between states take their allowed source states from here. Every
+outcome is a ``StrEnum`` whose values are the strings stored in Redis or sent in JSON, so
+typing them changes no stored or public byte.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["JobStatus", "JobErrorCode", "InvalidTransition", "check_transition", "sources_of"]
+__all__ = [
+    "JobStatus",
+    "JobErrorCode",
+    "ImageErrorCode",
+    "ClaimOutcome",
+    "FinishOutcome",
+    "WebhookState",
+    "InvalidTransition",
+    "check_transition",
+    "sources_of",
+]
 
 
 class JobStatus(StrEnum):
@@ -36,6 +49,55 @@ class JobErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     # Not in the spec's list: a client cancelled the job before a worker took it.
     CANCELLED = "cancelled"
+
+
+class ImageErrorCode(StrEnum):
+    """Codes in the ``error`` of one image of a succeeded job."""
+
+    # The image was generated but could not be stored within the retry bound (refunded).
+    STORAGE_FAILED = "storage_failed"
+
+
+class ClaimOutcome(StrEnum):
+    """What a worker's claim of a job found (the strings ``claim.lua`` returns)."""
+
+    CLAIMED = "claimed"
+    # Another worker holds a lease that has not run out: it is working on the job.
+    BUSY = "busy"
+    TERMINAL = "terminal"
+    GONE = "gone"
+
+
+class FinishOutcome(StrEnum):
+    """What a terminal transition did (the strings ``finish.lua`` returns)."""
+
+    OK = "ok"
+    # The job had moved on, or belongs to another attempt: nothing changed.
+    STALE = "stale"
+    GONE = "gone"
+
+
+class WebhookState(StrEnum):
+    """Delivery progress of a job's webhook. ``RETRYING`` is stored with the last
+    attempt's outcome after it (``retrying: http 503``); :meth:`read` parses either."""
+
+    PENDING = ""
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    GAVE_UP = "gave_up"
+
+    def is_final(self) -> bool:
+        """True once no delivery will be attempted any more."""
+        return self in (WebhookState.DELIVERED, WebhookState.GAVE_UP)
+
+    @classmethod
+    def read(cls, stored: str) -> WebhookState:
+        """The state of a stored ``webhook_state`` field."""
+        return cls(stored.partition(":")[0])
+
+    def stored(self, detail: str = "") -> str:
+        """The field's value for this state, with ``detail`` (the last outcome) if any."""
+        return f"{self.value}: {detail}" if detail else self.value
 
 
 # processing -> processing: a worker takes over a job whose claimant stopped renewing its

@@ -21,7 +21,15 @@ from ..errors import Conflict, InsufficientBalance, InvalidRequest, NotFound
 from ..redis import keys
 from ..redis.scripts import Scripts
 from .records import PRICE_PER_IMAGE, ImageResult, JobRecord
-from .states import JobErrorCode, JobStatus, check_transition, sources_of
+from .states import (
+    ClaimOutcome,
+    FinishOutcome,
+    JobErrorCode,
+    JobStatus,
+    WebhookState,
+    check_transition,
+    sources_of,
+)
 
 __all__ = ["Claim", "Finish", "JobStore", "ACTIVE_STATUSES"]
 
@@ -30,26 +38,26 @@ ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 @dataclass(frozen=True)
 class Claim:
-    """Outcome of a claim: ``claimed`` (with the attempt), ``busy`` (another worker holds a
-    live lease until ``lease_until_ms``), ``terminal`` or ``gone``."""
+    """Outcome of a claim: ``CLAIMED`` (with the attempt), ``BUSY`` (another worker holds a
+    live lease until ``lease_until_ms``), ``TERMINAL`` or ``GONE``."""
 
-    outcome: str
+    outcome: ClaimOutcome
     attempt: int = 0
     lease_until_ms: int = 0
 
 
 @dataclass(frozen=True)
 class Finish:
-    """Outcome of a terminal transition: ``ok`` (with the refund), ``stale`` (the job had
-    moved on or belongs to another attempt) or ``gone`` (deleted)."""
+    """Outcome of a terminal transition: ``OK`` (with the refund), ``STALE`` (the job had
+    moved on or belongs to another attempt) or ``GONE`` (deleted)."""
 
-    outcome: str
+    outcome: FinishOutcome
     refund: int = 0
 
     @property
     def ok(self) -> bool:
         """True when this call made the transition."""
-        return self.outcome == "ok"
+        return self.outcome is FinishOutcome.OK
 
 
 def _joined(statuses: Iterable[JobStatus]) -> str:
@@ -225,13 +233,14 @@ class JobStore:
 
     def claim(self, job_id: str, *, lease_ms: int) -> Claim:
         """Claim a job for processing; see :class:`Claim`."""
-        outcome, detail = self._scripts.claim(
+        reply, detail = self._scripts.claim(
             keys=[keys.job(job_id), keys.LEASES, keys.DISPATCH],
             args=[self.now_ms(), lease_ms, _allowed_sources(JobStatus.PROCESSING, None), job_id],
         )
-        if outcome == "claimed":
+        outcome = ClaimOutcome(reply)
+        if outcome is ClaimOutcome.CLAIMED:
             return Claim(outcome, attempt=int(detail))
-        if outcome == "busy":
+        if outcome is ClaimOutcome.BUSY:
             return Claim(outcome, lease_until_ms=int(detail))
         return Claim(outcome)
 
@@ -329,7 +338,7 @@ class JobStore:
         policy_violation: bool,
         fields: dict[str, str],
     ) -> Finish:
-        outcome, detail = self._scripts.finish(
+        reply, detail = self._scripts.finish(
             keys=[
                 keys.job(record.id),
                 keys.account(record.account),
@@ -351,12 +360,17 @@ class JobStore:
                 *_flatten(fields),
             ],
         )
-        return Finish(outcome, refund=int(detail) if outcome == "ok" else 0)
+        outcome = FinishOutcome(reply)
+        return Finish(outcome, refund=int(detail) if outcome is FinishOutcome.OK else 0)
 
-    def set_webhook_state(self, job_id: str, *, attempts: int, state: str) -> None:
-        """Record the webhook's delivery progress (not part of the public record)."""
+    def set_webhook_state(
+        self, job_id: str, *, attempts: int, state: WebhookState, detail: str = ""
+    ) -> None:
+        """Record the webhook's delivery progress (not part of the public record), with
+        ``detail`` (the last attempt's outcome) after the state when given."""
         self._redis.hset(
-            keys.job(job_id), mapping={"webhook_attempts": attempts, "webhook_state": state}
+            keys.job(job_id),
+            mapping={"webhook_attempts": attempts, "webhook_state": state.stored(detail)},
         )
 
     # -- removal ---------------------------------------------------------------------

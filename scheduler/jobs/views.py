@@ -22,7 +22,7 @@ from storage import ObjectStore, StorageError
 
 from .records import JobRecord
 from .sizes import parse_size, resolve
-from .states import JobStatus
+from .states import ImageErrorCode, JobStatus
 
 __all__ = [
     "iso_time",
@@ -166,12 +166,12 @@ def _images(
     for image in record.images:
         item: dict[str, Any] = {"id": image_id(record.id, image.index), "expiresAt": expires_iso}
         if image.key is None:
-            item["error"] = {"code": image.error or "storage_failed"}
+            item["error"] = {"code": image.error or ImageErrorCode.STORAGE_FAILED}
         elif inline:
             try:
                 item["b64Json"] = base64.b64encode(store.get(image.key)).decode("ascii")
             except StorageError:
-                item["error"] = {"code": "storage_failed"}
+                item["error"] = {"code": ImageErrorCode.STORAGE_FAILED}
         else:
             item["url"] = store.signed_url(image.key, expires_at=expires_at)
         yield item

@@ -40,7 +40,7 @@ def _preload(runtime: Runtime, queues: list[str]) -> None:
     """Load the models of these queues before consuming anything, so the first job does not
     pay for it and a model that cannot load (missing weights, a missing package) stops the
     worker with :data:`EXIT_MODEL_UNAVAILABLE` instead of holding jobs it cannot run."""
-    from ..stages.execution import generator_for
+    from ..stages.running import generator_for
 
     for alias in runtime.registry.aliases():
         if not any(q in queues for q in gpu_queues([alias])):
@@ -110,7 +110,7 @@ def run_worker(
     @worker_ready.connect(weak=False)
     def _ready(sender: Consumer, **_: object) -> None:
         if gpu:
-            from ..stages.execution import when_spool_full
+            from ..stages.uploading import when_spool_full
 
             when_spool_full(partial(_pause_for_spool, sender, names))
         health.ready.set()

@@ -1,7 +1,11 @@
 """Terminal transitions with their side effects, so no path forgets one.
 
-Succeeding or failing a job also schedules its webhook; deleting one also removes its
-objects. Stages and API calls use these functions rather than the store directly.
+A :class:`Job` is a job on its way to a terminal state, obtained the way its caller holds
+it: :meth:`Job.claimed` by the worker that claimed it, :meth:`Job.as_read` by whoever read
+its record (the prepare stage, an API cancel), :meth:`Job.overdue` by the reaper. One
+method per transition (``succeed``, ``fail``, ``cancel``, ``time_out``) records it, counts
+it, logs it, schedules the webhook and words the refund, so no path forgets one. Deleting a
+job also removes its objects. Stages and API calls use these rather than the store directly.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ..jobs.store import Finish
 from ..runtime import Runtime
 from .celery_app import send_webhook
 
-__all__ = ["WEBHOOK_GRACE_MS", "fail_job", "succeed_job", "delete_job", "delete_objects"]
+__all__ = ["WEBHOOK_GRACE_MS", "Job", "delete_job", "delete_objects"]
 
 log = logging.getLogger(__name__)
 
@@ -30,58 +34,117 @@ log = logging.getLogger(__name__)
 WEBHOOK_GRACE_MS = 30_000
 
 
-def _notify(runtime: Runtime, record: JobRecord, finish: Finish) -> Finish:
-    if finish.ok:
-        metrics.XTOKENS_REFUNDED.inc(finish.refund)
-    if finish.ok and record.webhook_url:
-        try:
-            send_webhook(record.id)
-        except Exception:  # the due-set entry guarantees a later attempt
-            log.warning("Could not queue the webhook of %s now; the tick will.", record.id)
-    return finish
+def _refunded(reason: str) -> str:
+    """A failed job's message: its reason, then that the request was refunded."""
+    return f"{reason.rstrip('.')}; the request was refunded."
 
 
-def fail_job(
-    runtime: Runtime,
-    record: JobRecord,
-    code: JobErrorCode,
-    message: str,
-    *,
-    attempt: int | None = None,
-    only: Sequence[JobStatus] | None = None,
-    cost: int = 0,
-) -> Finish:
-    """Fail a job (refunding all it was charged beyond ``cost``) and schedule its
-    webhook."""
-    finish = runtime.jobs.fail(
-        record,
-        code,
-        message,
-        attempt=attempt,
-        only=only,
-        cost=cost,
-        webhook_at_ms=runtime.jobs.now_ms() + WEBHOOK_GRACE_MS,
-    )
-    if finish.ok:
-        metrics.JOBS_FINISHED.labels("failed", code.value).inc()
-        log.info("job %s failed: %s (refunded %d xTokens)", record.id, code.value, finish.refund)
-    return _notify(runtime, record, finish)
+class Job:
+    """A job and the claim its holder has on it: the transitions below change it only
+    while it is in ``status`` (any the state machine allows when None) and, for a worker's
+    job, only under the ``attempt`` that worker claimed."""
 
+    def __init__(
+        self,
+        runtime: Runtime,
+        record: JobRecord,
+        *,
+        status: JobStatus | None,
+        attempt: int | None = None,
+    ) -> None:
+        self.runtime, self.record = runtime, record
+        self.attempt, self._status = attempt, status
 
-def succeed_job(
-    runtime: Runtime, record: JobRecord, attempt: int, images: Sequence[ImageResult]
-) -> Finish:
-    """Succeed a job (refunding unstored images) and schedule its webhook."""
-    finish = runtime.jobs.succeed(
-        record, attempt, images, webhook_at_ms=runtime.jobs.now_ms() + WEBHOOK_GRACE_MS
-    )
-    if finish.ok:
-        metrics.JOBS_FINISHED.labels("succeeded", "none").inc()
-        if record.width and record.height:
-            elapsed = (runtime.jobs.now_ms() - record.created_ms) / 1000
-            metrics.END_TO_END.labels(size_class(record.width, record.height)).observe(elapsed)
-        log.info("job %s succeeded (refunded %d xTokens)", record.id, finish.refund)
-    return _notify(runtime, record, finish)
+    @classmethod
+    def claimed(cls, runtime: Runtime, record: JobRecord, attempt: int) -> Job:
+        """The job as the worker that claimed it under ``attempt`` holds it: a worker whose
+        lease was taken over can no longer change it."""
+        return cls(runtime, record, status=JobStatus.PROCESSING, attempt=attempt)
+
+    @classmethod
+    def as_read(cls, runtime: Runtime, record: JobRecord) -> Job:
+        """The job as long as it is still in the status ``record`` shows (a queued job a
+        worker claims meanwhile is no longer this one's to change)."""
+        return cls(runtime, record, status=record.status)
+
+    @classmethod
+    def overdue(cls, runtime: Runtime, record: JobRecord) -> Job:
+        """The job whatever its active status or attempt (it is past its deadline)."""
+        return cls(runtime, record, status=None)
+
+    def succeed(self, images: Sequence[ImageResult]) -> Finish:
+        """Succeed with these images; those that could not be stored are refunded."""
+        record = self.record
+        assert self.attempt is not None, "only the worker that claimed a job succeeds it"
+        finish = self.runtime.jobs.succeed(
+            record, self.attempt, images, webhook_at_ms=self._webhook_at()
+        )
+        if finish.ok:
+            metrics.JOBS_FINISHED.labels(JobStatus.SUCCEEDED.value, "none").inc()
+            if record.width and record.height:
+                elapsed = (self.runtime.jobs.now_ms() - record.created_ms) / 1000
+                metrics.END_TO_END.labels(size_class(record.width, record.height)).observe(elapsed)
+            log.info("job %s succeeded (refunded %d xTokens)", record.id, finish.refund)
+        return self._notify(finish)
+
+    def fail(self, code: JobErrorCode, reason: str) -> Finish:
+        """Fail with ``code``, refunding everything it was charged; ``reason`` is the
+        client's message, which goes on to say the request was refunded."""
+        return self._fail(code, _refunded(reason))
+
+    def cancel(self) -> Finish:
+        """The client cancelled the job: a queued one is refunded in full; one a worker
+        claimed stops at its next denoising step and stays charged."""
+        if self._status is JobStatus.QUEUED:
+            return self.fail(
+                JobErrorCode.CANCELLED, "Cancelled by the client before a worker took it"
+            )
+        assert self._status is JobStatus.PROCESSING, "a cancel knows whether a worker took it"
+        charged = self.record.charged
+        return self._fail(
+            JobErrorCode.CANCELLED,
+            "Cancelled by the client while it was generated; its work stopped and, since a "
+            f"worker had claimed it, its {charged} xTokens are charged.",
+            cost=charged,
+        )
+
+    def time_out(self) -> Finish:
+        """Fail with ``provider_timeout``: the job outlived ``XSD_JOB_TIMEOUT_SECONDS``."""
+        seconds = self.runtime.settings.job_timeout_seconds
+        return self.fail(
+            JobErrorCode.PROVIDER_TIMEOUT, f"The generation did not finish within {seconds} s"
+        )
+
+    def _fail(self, code: JobErrorCode, message: str, *, cost: int = 0) -> Finish:
+        record = self.record
+        finish = self.runtime.jobs.fail(
+            record,
+            code,
+            message,
+            attempt=self.attempt,
+            only=None if self._status is None else (self._status,),
+            cost=cost,
+            webhook_at_ms=self._webhook_at(),
+        )
+        if finish.ok:
+            metrics.JOBS_FINISHED.labels(JobStatus.FAILED.value, code.value).inc()
+            log.info(
+                "job %s failed: %s (refunded %d xTokens)", record.id, code.value, finish.refund
+            )
+        return self._notify(finish)
+
+    def _webhook_at(self) -> int:
+        return self.runtime.jobs.now_ms() + WEBHOOK_GRACE_MS
+
+    def _notify(self, finish: Finish) -> Finish:
+        if finish.ok:
+            metrics.XTOKENS_REFUNDED.inc(finish.refund)
+        if finish.ok and self.record.webhook_url:
+            try:
+                send_webhook(self.record.id)
+            except Exception:  # the due-set entry guarantees a later attempt
+                log.warning("Could not queue the webhook of %s now; the tick will.", self.record.id)
+        return finish
 
 
 def delete_objects(runtime: Runtime, record: JobRecord) -> None:

@@ -25,7 +25,7 @@ from ..jobs.states import JobErrorCode, JobStatus
 from ..net.guard import fetch
 from ..runtime import Runtime
 from .celery_app import gpu_queue, send_generate
-from .lifecycle import delete_objects, fail_job
+from .lifecycle import Job, delete_objects
 
 __all__ = ["prepare", "REFERENCE_MAX_SIDE"]
 
@@ -74,12 +74,8 @@ def prepare(runtime: Runtime, job_id: str) -> None:
         _prepare(runtime, record)
     except Exception:
         log.exception("preparing %s failed", job_id)
-        fail_job(
-            runtime,
-            record,
-            JobErrorCode.INTERNAL_ERROR,
-            "The request could not be prepared; it was refunded.",
-            only=(JobStatus.QUEUED,),
+        Job.as_read(runtime, record).fail(
+            JobErrorCode.INTERNAL_ERROR, "The request could not be prepared"
         )
 
 
@@ -87,19 +83,15 @@ def _prepare(runtime: Runtime, record: JobRecord) -> None:
     job_id = record.id
     verdict = runtime.moderator.check(record.prompt)
     if not verdict.allowed:
-        fail_job(
-            runtime,
-            record,
-            JobErrorCode.CONTENT_POLICY,
-            "The prompt was refused by the content policy.",
-            only=(JobStatus.QUEUED,),
+        Job.as_read(runtime, record).fail(
+            JobErrorCode.CONTENT_POLICY, "The prompt was refused by the content policy"
         )
         return
     try:
         references = _fetch_all(runtime, record)
         keys = _store_references(runtime, record, references)
     except _ReferenceError as exc:
-        fail_job(runtime, record, JobErrorCode.VALIDATION_ERROR, str(exc), only=(JobStatus.QUEUED,))
+        Job.as_read(runtime, record).fail(JobErrorCode.VALIDATION_ERROR, str(exc))
         return
     except StorageError as exc:
         # The store is down: the job waits for it (the outbox sends it here again) rather

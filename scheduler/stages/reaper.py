@@ -15,12 +15,12 @@ from storage import StorageError
 
 from ..jobs.records import JobRecord
 from ..jobs.sizes import size_class
-from ..jobs.states import JobErrorCode, JobStatus
+from ..jobs.states import JobStatus
 from ..jobs.store import ACTIVE_STATUSES
 from ..redis import keys
 from ..runtime import Runtime
 from .celery_app import gpu_queue, send_generate, send_prepare, send_webhook
-from .lifecycle import delete_job, fail_job
+from .lifecycle import Job, delete_job
 
 __all__ = [
     "tick",
@@ -42,14 +42,7 @@ def reap_overdue(runtime: Runtime, now_ms: int) -> int:
         if record is None or record.status not in ACTIVE_STATUSES:
             runtime.jobs.take_due(keys.ACTIVE, job_id)
             continue
-        finish = fail_job(
-            runtime,
-            record,
-            JobErrorCode.PROVIDER_TIMEOUT,
-            f"The generation did not finish within {runtime.settings.job_timeout_seconds} s; "
-            "the request was refunded.",
-        )
-        count += int(finish.ok)
+        count += int(Job.overdue(runtime, record).time_out().ok)
     return count
 
 

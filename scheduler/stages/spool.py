@@ -35,6 +35,7 @@ from storage import ObjectStore, StorageError
 
 from .. import metrics
 from ..jobs.records import ImageResult
+from ..jobs.states import ImageErrorCode
 
 __all__ = ["RESUME_FRACTION", "Upload", "Spool"]
 
@@ -45,7 +46,6 @@ RESUME_FRACTION = 0.8
 # Waits between tries of one job's uploads: doubling from the first to the last.
 _FIRST_WAIT_SECONDS = 1.0
 _LAST_WAIT_SECONDS = 30.0
-_STORAGE_FAILED = "storage_failed"
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class Spool:
                 if file.result is None:
                     log.error("gave up storing image %d of %s", file.index, job.name)
                     metrics.STORAGE_GIVE_UPS.inc()
-                    file.result = ImageResult(index=file.index, error=_STORAGE_FAILED)
+                    file.result = ImageResult(index=file.index, error=ImageErrorCode.STORAGE_FAILED)
         if all(file.result is not None for file in job.files):
             self._drop(job)
             job.done([file.result for file in job.files if file.result is not None])

@@ -6,9 +6,9 @@ from celery_batches import Batches, SimpleRequest
 
 from ..runtime import current
 from .celery_app import app
-from .execution import run_batch
 from .prepare import prepare
 from .reaper import tick
+from .running import run_batch
 from .webhooks import deliver
 
 __all__ = ["prepare_task", "generate_task", "webhook_task", "tick_task", "configure_batching"]

@@ -15,6 +15,7 @@ import random
 from .. import metrics
 from ..errors import FetchFailed, UnsafeURL
 from ..jobs.records import JobRecord
+from ..jobs.states import WebhookState
 from ..jobs.views import public_view
 from ..net.guard import post
 from ..net.signing import signature_headers
@@ -84,7 +85,7 @@ def _attempt(runtime: Runtime, job_id: str) -> None:
     if record is None or not record.webhook_url or not record.status.is_terminal():
         jobs.take_due(keys.WEBHOOKS_DUE, job_id)
         return
-    if record.webhook_state in ("delivered", "gave_up"):
+    if WebhookState.read(record.webhook_state).is_final():
         jobs.take_due(keys.WEBHOOKS_DUE, job_id)
         return
     body = render_body(runtime, job_id)
@@ -111,14 +112,14 @@ def _attempt(runtime: Runtime, job_id: str) -> None:
         log.warning("webhook of %s refused: %s", job_id, exc)
         metrics.WEBHOOK_ATTEMPTS.labels("refused").inc()
         metrics.WEBHOOK_GIVE_UPS.inc()
-        jobs.set_webhook_state(job_id, attempts=attempt, state="gave_up")
+        jobs.set_webhook_state(job_id, attempts=attempt, state=WebhookState.GAVE_UP)
         jobs.take_due(keys.WEBHOOKS_DUE, job_id)
         return
     except FetchFailed as exc:
         outcome, delivered = str(exc), False
     metrics.WEBHOOK_ATTEMPTS.labels("delivered" if delivered else "failed").inc()
     if delivered:
-        jobs.set_webhook_state(job_id, attempts=attempt, state="delivered")
+        jobs.set_webhook_state(job_id, attempts=attempt, state=WebhookState.DELIVERED)
         jobs.take_due(keys.WEBHOOKS_DUE, job_id)
         return
     now_ms = jobs.now_ms()
@@ -126,7 +127,7 @@ def _attempt(runtime: Runtime, job_id: str) -> None:
     if now_ms - finished_ms > settings.webhook_retry_seconds * 1000:
         log.warning("webhook of %s gave up after %d attempts: %s", job_id, attempt, outcome)
         metrics.WEBHOOK_GIVE_UPS.inc()
-        jobs.set_webhook_state(job_id, attempts=attempt, state="gave_up")
+        jobs.set_webhook_state(job_id, attempts=attempt, state=WebhookState.GAVE_UP)
         jobs.take_due(keys.WEBHOOKS_DUE, job_id)
         return
     delay = backoff_seconds(
@@ -134,6 +135,6 @@ def _attempt(runtime: Runtime, job_id: str) -> None:
         base=settings.webhook_backoff_base_seconds,
         cap=settings.webhook_backoff_max_seconds,
     )
-    jobs.set_webhook_state(job_id, attempts=attempt, state=f"retrying: {outcome}")
+    jobs.set_webhook_state(job_id, attempts=attempt, state=WebhookState.RETRYING, detail=outcome)
     jobs.schedule(keys.WEBHOOKS_DUE, job_id, now_ms + int(delay * 1000))
     log.info("webhook of %s failed (%s); retry %d in %.1f s", job_id, outcome, attempt, delay)

@@ -13,7 +13,7 @@ from scheduler.jobs.records import JobRecord
 from scheduler.jobs.states import JobStatus
 from scheduler.runtime import Runtime, init
 from scheduler.settings import Settings
-from scheduler.stages.execution import run_batch
+from scheduler.stages.running import run_batch
 
 from .factories import accept as store
 from .factories import job_record
@@ -117,12 +117,12 @@ def balance(rt: Runtime) -> int:
 
 
 def test_a_model_that_cannot_load_fails_and_refunds_its_jobs(runtime: Runtime, monkeypatch) -> None:
-    import scheduler.stages.execution as execution
+    import scheduler.stages.running as running
 
     def missing(rt: Runtime, alias: str):
         raise ModuleNotFoundError("No module named 'diffusers'")
 
-    monkeypatch.setattr(execution, "generator_for", missing)
+    monkeypatch.setattr(running, "generator_for", missing)
     jobs = [accept(runtime, 7), accept(runtime, 8, images=2)]
     run_batch(runtime, jobs)
     records = wait_terminal(runtime, jobs, timeout=5)
@@ -136,12 +136,12 @@ def test_a_model_that_cannot_load_fails_and_refunds_its_jobs(runtime: Runtime, m
 def test_an_unexpected_exception_while_claiming_fails_what_was_claimed(
     runtime: Runtime, monkeypatch
 ) -> None:
-    import scheduler.stages.execution as execution
+    import scheduler.stages.claiming as claiming
 
     def broken(rt: Runtime, record: JobRecord):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(execution, "_request_for", broken)
+    monkeypatch.setattr(claiming, "_request_for", broken)
     job = accept(runtime, 9)
     run_batch(runtime, [job])
     record = wait_terminal(runtime, [job], timeout=5)[job]
@@ -152,12 +152,12 @@ def test_an_unexpected_exception_while_claiming_fails_what_was_claimed(
 def test_an_unexpected_exception_while_encoding_fails_the_job(
     runtime: Runtime, monkeypatch
 ) -> None:
-    import scheduler.stages.execution as execution
+    import scheduler.stages.uploading as uploading
 
     def broken(record: JobRecord, images):
         raise RuntimeError("the encoder crashed")
 
-    monkeypatch.setattr(execution, "encode_images", broken)
+    monkeypatch.setattr(uploading, "encode_images", broken)
     job = accept(runtime, 10)
     run_batch(runtime, [job])
     record = wait_terminal(runtime, [job])[job]
@@ -166,8 +166,7 @@ def test_an_unexpected_exception_while_encoding_fails_the_job(
 
 
 def test_a_job_cancelled_while_it_runs_stops_and_stays_charged(runtime: Runtime) -> None:
-    from scheduler.jobs.states import JobErrorCode
-    from scheduler.stages.lifecycle import fail_job
+    from scheduler.stages.lifecycle import Job
 
     job = accept(runtime, 11, images=2, size=(4096, 4096))
     generated, stopped = sample("xsd_images_generated_total"), sample("xsd_jobs_stopped_total")
@@ -177,14 +176,7 @@ def test_a_job_cancelled_while_it_runs_stops_and_stays_charged(runtime: Runtime)
         while time.monotonic() < deadline:
             record = runtime.jobs.get(job)
             if record is not None and record.status is JobStatus.PROCESSING:
-                fail_job(
-                    runtime,
-                    record,
-                    JobErrorCode.CANCELLED,
-                    "stopped",
-                    only=(JobStatus.PROCESSING,),
-                    cost=record.charged,
-                )
+                Job.as_read(runtime, record).cancel()
                 return
             time.sleep(0.01)
 
@@ -246,6 +238,6 @@ def test_references_unreadable_for_an_outage_wait_for_the_store(
     record = runtime.jobs.get(job)
     assert record is not None and record.status is JobStatus.PROCESSING
     assert record.error is None and balance(runtime) == 990
-    from scheduler.stages.execution import _state
+    from scheduler.stages.running import _state
 
     assert not _state(runtime).leases.holds(job), "its lease lapses: nobody renews it"

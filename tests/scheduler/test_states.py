@@ -1,10 +1,21 @@
-"""The state machine: the one table every transition is checked against."""
+"""The state machine: the one table every transition is checked against; and the other
+outcome enums, whose values are the bytes stored in Redis."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from scheduler.jobs.states import InvalidTransition, JobStatus, check_transition, sources_of
+from scheduler.jobs.states import (
+    ClaimOutcome,
+    FinishOutcome,
+    InvalidTransition,
+    JobStatus,
+    WebhookState,
+    check_transition,
+    sources_of,
+)
 from scheduler.jobs.store import ACTIVE_STATUSES
 
 
@@ -38,3 +49,23 @@ def test_sources() -> None:
 
 def test_terminal_and_active_partition_the_states() -> None:
     assert {s for s in JobStatus if not s.is_terminal()} == set(ACTIVE_STATUSES)
+
+
+def test_webhook_states_read_back_as_stored() -> None:
+    stored = WebhookState.RETRYING.stored("http 503")
+    assert stored == "retrying: http 503"
+    assert WebhookState.read(stored) is WebhookState.RETRYING
+    assert WebhookState.read("") is WebhookState.PENDING and not WebhookState.PENDING.is_final()
+    assert WebhookState.read(WebhookState.GAVE_UP.stored()).is_final()
+
+
+@pytest.mark.parametrize("script", ["claim", "finish"])
+def test_every_outcome_a_script_returns_is_an_enum_value(script: str) -> None:
+    from pathlib import Path
+
+    import scheduler.redis
+
+    enum = {"claim": ClaimOutcome, "finish": FinishOutcome}[script]
+    lua = (Path(scheduler.redis.__file__).parent / "lua" / f"{script}.lua").read_text()
+    returned = set(re.findall(r"return \{'(\w+)'", lua))
+    assert returned == {outcome.value for outcome in enum}

@@ -9,11 +9,12 @@ Checked on the source, so a violation fails here even if nothing exercises the i
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.imports import HEAVY, modules_loaded_by
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("api_shim", "scheduler", "pipeline", "storage")
@@ -125,58 +126,57 @@ def within(name: str, prefixes: set[str]) -> bool:
     return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
+def violations(folder: str, wrong_of: Callable[[Path], set[str]]) -> dict[str, list[str]]:
+    """Each source file under ``folder`` with what ``wrong_of`` finds wrong in it."""
+    found = {}
+    for path in (ROOT / folder).rglob("*.py"):
+        wrong = wrong_of(path)
+        if wrong:
+            found[str(path.relative_to(ROOT))] = sorted(wrong)
+    return found
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_import_direction(package: str) -> None:
-    violations = {
-        str(path.relative_to(ROOT)): sorted(
-            {name.split(".")[0] for name in imported_modules(path)}
-            & set(PACKAGES) - ALLOWED[package]
-        )
-        for path in (ROOT / package).rglob("*.py")
-    }
-    assert {k: v for k, v in violations.items() if v} == {}
+    def wrong_of(path: Path) -> set[str]:
+        packages = {name.split(".")[0] for name in imported_modules(path)}
+        return packages & set(PACKAGES) - ALLOWED[package]
+
+    assert violations(package, wrong_of) == {}
 
 
 @pytest.mark.parametrize("room", sorted(ROOMS))
 def test_scheduler_rooms_import_downwards(room: str) -> None:
     allowed = ROOMS[room] | {room}
     forbidden = FORBIDDEN_LIBRARIES.get(room, set())
-    violations = {}
-    for path in (ROOT / room.replace(".", "/")).rglob("*.py"):
+
+    def wrong_of(path: Path) -> set[str]:
         names = imported_modules(path)
-        wrong = {
+        # ``from .. import metrics`` shows as both "scheduler" and "scheduler.metrics".
+        rooms = {
             name
             for name in names
             if within(name, {"scheduler"}) and name != "scheduler" and not within(name, allowed)
         }
-        # ``from .. import metrics`` shows as both "scheduler" and "scheduler.metrics".
-        wrong |= {name for name in names if name.split(".")[0] in forbidden}
-        if wrong:
-            violations[str(path.relative_to(ROOT))] = sorted(wrong)
-    assert violations == {}
+        return rooms | {name for name in names if name.split(".")[0] in forbidden}
+
+    assert violations(room.replace(".", "/"), wrong_of) == {}
 
 
 def test_the_shim_uses_only_the_scheduler_facade() -> None:
     """``from scheduler import X`` with X in the facade's ``__all__``, never a room."""
     import scheduler
 
-    violations = {}
-    for path in (ROOT / "api_shim").rglob("*.py"):
+    def wrong_of(path: Path) -> set[str]:
         facade, modules = scheduler_imports(path)
-        wrong = modules | (facade - set(scheduler.__all__))
-        if wrong:
-            violations[str(path.relative_to(ROOT))] = sorted(wrong)
-    assert violations == {}
+        return modules | (facade - set(scheduler.__all__))
+
+    assert violations("api_shim", wrong_of) == {}
 
 
 def test_the_scheduler_never_imports_its_facade() -> None:
     """The facade imports the rooms; a room importing the facade would be a cycle."""
-    violations = {}
-    for path in (ROOT / "scheduler").rglob("*.py"):
-        facade, _ = scheduler_imports(path)
-        if facade:
-            violations[str(path.relative_to(ROOT))] = sorted(facade)
-    assert violations == {}
+    assert violations("scheduler", lambda path: scheduler_imports(path)[0]) == {}
 
 
 def test_the_facade_rules_see_what_they_check() -> None:
@@ -194,9 +194,6 @@ def test_the_rules_see_relative_imports() -> None:
 
 
 def test_the_shim_does_not_load_torch() -> None:
-    code = (
-        "import sys, api_shim.app, api_shim.cli, scheduler.stages.tasks;"
-        "heavy = {'torch', 'diffusers', 'transformers'} & set(sys.modules);"
-        "assert not heavy, heavy"
+    assert not HEAVY & modules_loaded_by(
+        "import api_shim.app, api_shim.cli, scheduler.stages.tasks"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from pipeline.prompts import frame_prompts
 from pipeline.roles import REGION_BOXES, ReferenceRole, parse_roles, reference_mentions
+from tests.fixtures.imports import HEAVY, modules_loaded_by
 
 
 def roles(prompt: str, count: int) -> list[tuple[str, str | None]]:
@@ -16,12 +14,10 @@ def roles(prompt: str, count: int) -> list[tuple[str, str | None]]:
 
 
 def test_roles_module_is_light() -> None:
-    code = (
-        "import sys, pipeline.roles;"
-        "pipeline.roles.parse_roles('image_1 for the face', 1);"
-        "assert not {'torch', 'diffusers', 'transformers'} & set(sys.modules)"
+    loaded = modules_loaded_by(
+        "import pipeline.roles; pipeline.roles.parse_roles('image_1 for the face', 1)"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    assert not HEAVY & loaded
 
 
 @pytest.mark.parametrize(

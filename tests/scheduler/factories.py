@@ -1,16 +1,36 @@
-"""Job records for scheduler tests: one place that knows every required field."""
+"""Runtimes and job records for scheduler tests: one place that knows every required field."""
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 from scheduler.jobs.records import JobRecord
 from scheduler.jobs.sizes import AspectRatio
 from scheduler.jobs.states import JobStatus
 from scheduler.jobs.store import JobStore
+from scheduler.runtime import Runtime, init
+from scheduler.settings import Settings
 
 _ids = itertools.count()
+
+
+def funded_runtime(redis_url: str, data_dir: Path, *, credits: int, **settings: Any) -> Runtime:
+    """A process runtime on ``redis_url`` whose account ``acme`` holds ``credits``;
+    ``settings`` override the test settings."""
+    rt = init(
+        Settings(
+            data_dir=data_dir,
+            redis_url=redis_url,
+            api_key_pepper="p",
+            url_signing_key="k",
+            **settings,
+        )
+    )
+    rt.accounts.ensure("acme")
+    rt.accounts.add_credits("acme", credits)
+    return rt
 
 
 def job_record(**changes: Any) -> JobRecord:

@@ -11,28 +11,16 @@ from prometheus_client import REGISTRY
 
 from scheduler.jobs.records import JobRecord
 from scheduler.jobs.states import JobStatus
-from scheduler.runtime import Runtime, init
-from scheduler.settings import Settings
+from scheduler.runtime import Runtime
 from scheduler.stages.running import run_batch
 
 from .factories import accept as store
-from .factories import job_record
+from .factories import funded_runtime, job_record
 
 
 @pytest.fixture
 def runtime(redis_url: str, tmp_path: Path) -> Runtime:
-    rt = init(
-        Settings(
-            data_dir=tmp_path,
-            redis_url=redis_url,
-            api_key_pepper="p",
-            url_signing_key="k",
-            watch_seconds=0.05,
-        )
-    )
-    rt.accounts.ensure("acme")
-    rt.accounts.add_credits("acme", 1000)
-    return rt
+    return funded_runtime(redis_url, tmp_path, credits=1000, watch_seconds=0.05)
 
 
 def accept(

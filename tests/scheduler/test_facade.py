@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import inspect
-import subprocess
-import sys
 
 import pytest
 
 import scheduler
+from tests.fixtures.imports import modules_loaded_by
 
 
 def test_every_exported_name_resolves() -> None:
@@ -38,9 +37,5 @@ def test_an_unknown_name_is_an_attribute_error() -> None:
 
 def test_importing_the_facade_loads_no_room() -> None:
     """Names are imported on first use: the facade alone costs nothing."""
-    code = (
-        "import sys, scheduler;"
-        "loaded = sorted(m for m in sys.modules if m.startswith('scheduler.'));"
-        "assert not loaded, loaded"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    loaded = modules_loaded_by("import scheduler")
+    assert not {name for name in loaded if name.startswith("scheduler.")}

@@ -11,29 +11,17 @@ import pytest
 from PIL import Image
 
 from scheduler.jobs.states import JobStatus
-from scheduler.runtime import Runtime, init
-from scheduler.settings import Settings
+from scheduler.runtime import Runtime
 from scheduler.stages.prepare import prepare
 from tests.fixtures.images import INFLATING_CHUNKS, inflating_png, text_flood_png
 from tests.fixtures.receivers import ImageHost, png_bytes
 
-from .factories import accept, job_record
+from .factories import accept, funded_runtime, job_record
 
 
 def make_runtime(redis_url: str, data_dir: Path, **settings: Any) -> Runtime:
-    rt = init(
-        Settings(
-            data_dir=data_dir,
-            redis_url=redis_url,
-            api_key_pepper="p",
-            url_signing_key="k",
-            allow_private_urls=True,  # the image host is http on loopback
-            **settings,
-        )
-    )
-    rt.accounts.ensure("acme")
-    rt.accounts.add_credits("acme", 1000)
-    return rt
+    # The image host is http on loopback.
+    return funded_runtime(redis_url, data_dir, credits=1000, allow_private_urls=True, **settings)
 
 
 @pytest.fixture

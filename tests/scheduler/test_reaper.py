@@ -11,24 +11,17 @@ import redis
 from scheduler.jobs.records import JobRecord
 from scheduler.jobs.states import JobErrorCode, JobStatus
 from scheduler.redis import keys
-from scheduler.runtime import Runtime, init
-from scheduler.settings import Settings
+from scheduler.runtime import Runtime
 from scheduler.stages.celery_app import CPU_QUEUE
 from scheduler.stages.reaper import tick
 
 from .factories import accept as store
-from .factories import job_record
+from .factories import funded_runtime, job_record
 
 
 @pytest.fixture
 def runtime(redis_url: str, tmp_path: Path) -> Runtime:
-    settings = Settings(
-        data_dir=tmp_path, redis_url=redis_url, api_key_pepper="p", url_signing_key="k"
-    )
-    rt = init(settings)
-    rt.accounts.ensure("acme")
-    rt.accounts.add_credits("acme", 100)
-    return rt
+    return funded_runtime(redis_url, tmp_path, credits=100)
 
 
 def accept(

@@ -10,22 +10,16 @@ import pytest
 
 from scheduler.jobs.states import JobErrorCode, JobStatus
 from scheduler.redis import keys
-from scheduler.runtime import Runtime, init
-from scheduler.settings import Settings
+from scheduler.runtime import Runtime
 from scheduler.stages.prepare import prepare
 from scheduler.stages.webhooks import deliver
 
-from .factories import accept, job_record
+from .factories import accept, funded_runtime, job_record
 
 
 @pytest.fixture
 def runtime(redis_url: str, tmp_path: Path) -> Runtime:
-    rt = init(
-        Settings(data_dir=tmp_path, redis_url=redis_url, api_key_pepper="p", url_signing_key="k")
-    )
-    rt.accounts.ensure("acme")
-    rt.accounts.add_credits("acme", 100)
-    return rt
+    return funded_runtime(redis_url, tmp_path, credits=100)
 
 
 def balance(rt: Runtime) -> int:

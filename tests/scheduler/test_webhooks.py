@@ -10,26 +10,14 @@ from pathlib import Path
 import pytest
 
 from scheduler.jobs.records import ImageResult
-from scheduler.runtime import Runtime, init
-from scheduler.settings import Settings
+from scheduler.runtime import Runtime
 from scheduler.stages.webhooks import render_body
 
-from .factories import accept, job_record
+from .factories import accept, funded_runtime, job_record
 
 
 def runtime_with_limit(redis_url: str, tmp_path: Path, limit: int) -> Runtime:
-    rt = init(
-        Settings(
-            data_dir=tmp_path,
-            redis_url=redis_url,
-            api_key_pepper="p",
-            url_signing_key="k",
-            webhook_max_body_bytes=limit,
-        )
-    )
-    rt.accounts.ensure("acme")
-    rt.accounts.add_credits("acme", 100)
-    return rt
+    return funded_runtime(redis_url, tmp_path, credits=100, webhook_max_body_bytes=limit)
 
 
 @pytest.mark.parametrize(("limit", "inline"), [(4 * 1024 * 1024, True), (100_000, False)])

@@ -18,13 +18,7 @@ def test_public_surface_is_re_exported() -> None:
         "LocalFile",
         "LocalStore",
         "S3Store",
-        "StorageError",
-        "ObjectNotFound",
-        "UploadFailed",
-        "InvalidKey",
-        "InvalidSignature",
-        "URLExpired",
-        "NotServedLocally",
+        *storage.errors.__all__,
     ]
     for name in storage.__all__:
         assert getattr(storage, name).__doc__, f"storage.{name} has no docstring"

@@ -11,7 +11,10 @@ images (:mod:`pipeline.refine` turns tiling on).
 The reference and frame attention processors (:mod:`pipeline.ip_adapter`,
 :mod:`pipeline.consistency`) wrap whatever processor they find, so the kernel is chosen
 first (:func:`prepare_unet`) and they are installed on top: rows without references or
-frames then run on xformers too, and switching kernels never drops them.
+frames then run on xformers too, and switching kernels never drops them. The rows with
+references or frames run PyTorch's SDPA whatever the setting (:mod:`pipeline.attention`):
+their attention is not one the wrapped processor can compute, and SDPA is the kernel of
+diffusers' own IP-Adapter processor, which the reference images must match to the bit.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The per-call state that the pipeline's own attention processors read.
+"""The per-call state that the pipeline's own attention processors read, and the attention
+arithmetic they share.
 
 The processors are installed in the UNet once, at load time (:mod:`pipeline.ip_adapter` on
 the cross-attention layers, :mod:`pipeline.consistency` on the self-attention layers). What
@@ -10,6 +11,12 @@ depend on what its neighbours in the batch asked for.
 
 Rows follow the UNet batch of classifier-free guidance: the B unconditional rows, then the B
 conditional rows.
+
+Rows that need more than the stock attention (reference tokens, keys shared across frames)
+go through :func:`project`, :func:`attend` and :func:`finish`: diffusers'
+``AttnProcessor2_0`` cut at the two places where the processors change something (the keys
+and values, and the output before its projection), so both processors compute the stock
+part the same way, ``norm_q``/``norm_k`` included.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
 
 from .errors import PipelineError
 
@@ -28,6 +37,10 @@ __all__ = [
     "CallState",
     "FrameGroup",
     "ReferenceTokens",
+    "attend",
+    "finish",
+    "project",
+    "split_heads",
     "token_grid",
 ]
 
@@ -79,6 +92,7 @@ class CallState:
     reference_calls: int = 0
     frame_calls: int = 0
     _rows: dict[bool, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
+    _other_rows: dict[bool, torch.Tensor] = field(default_factory=dict)
     _masks: dict[int, torch.Tensor | None] = field(default_factory=dict)
     _shared: dict[tuple[int, int, int, int], torch.Tensor] = field(default_factory=dict)
 
@@ -97,6 +111,18 @@ class CallState:
                 if len(rows):
                     self._rows[style_layer] = (rows, scales[rows])
         return self._rows[style_layer]
+
+    def rows_without_references(self, style_layer: bool) -> torch.Tensor:
+        """The rows that :meth:`reference_rows` leaves out, in order (they run the stock
+        attention)."""
+        if style_layer not in self._other_rows:
+            plan = self.reference_rows(style_layer)
+            assert self.references is not None and plan is not None
+            rows = plan[0]
+            free = torch.ones(self.references.scales.shape[0], dtype=torch.bool, device=rows.device)
+            free[rows] = False
+            self._other_rows[style_layer] = free.nonzero().flatten()
+        return self._other_rows[style_layer]
 
     def reference_masks(self, tokens: int) -> torch.Tensor | None:
         """Per-token masks ``[2B, tokens, R]`` of the references' regions at a layer with
@@ -165,3 +191,54 @@ class AttentionContext:
             yield state
         finally:
             self.current = previous
+
+
+def split_heads(attn: Attention, states: torch.Tensor) -> torch.Tensor:
+    """Projected states ``[n, tokens, heads x d]`` as ``[n, heads, tokens, d]``."""
+    return states.view(states.shape[0], -1, attn.heads, states.shape[-1] // attn.heads).transpose(
+        1, 2
+    )
+
+
+def project(
+    attn: Attention, hidden_states: torch.Tensor, context: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The layer's query of ``hidden_states`` and its key and value of ``context``, each
+    ``[n, heads, tokens, d]``, with the layer's query and key norms applied where it has
+    them, as ``AttnProcessor2_0`` prepares them for the kernel."""
+    query = split_heads(attn, attn.to_q(hidden_states))
+    key = split_heads(attn, attn.to_k(context))
+    value = split_heads(attn, attn.to_v(context))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value
+
+
+def attend(
+    attn: Attention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention of per-head tensors, ``[n, heads, queries, d]``;
+    ``attention_mask`` is the layer's (the UNet's ``[n, 1, keys]`` bias of padded prompt
+    windows), spread over the heads as ``AttnProcessor2_0`` does."""
+    if attention_mask is not None:
+        rows, keys = query.shape[0], key.shape[2]
+        attention_mask = attn.prepare_attention_mask(attention_mask, keys, rows)
+        attention_mask = attention_mask.view(rows, attn.heads, -1, attention_mask.shape[-1])
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+
+
+def finish(attn: Attention, out: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The attention output ``[n, heads, tokens, d]`` through the layer's output
+    projection, residual connection and rescaling, as ``AttnProcessor2_0`` ends;
+    ``hidden_states`` are the layer's input."""
+    out = out.transpose(1, 2).flatten(2)
+    out = attn.to_out[1](attn.to_out[0](out))
+    if attn.residual_connection:
+        out = out + hidden_states
+    return out / attn.rescale_output_factor

@@ -34,7 +34,7 @@ from .watermark import add_watermark
 __all__ = [
     "MAX_REFERENCES",
     "BatchOutcome",
-    "Generator",
+    "ImageGenerator",
     "RequestCheck",
     "load_generator",
     "pick_device",
@@ -58,7 +58,7 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class Generator:
+class ImageGenerator:
     """A loaded model that turns requests into images."""
 
     def __init__(self, spec: ModelSpec, pipeline: SDXLPipeline) -> None:
@@ -353,12 +353,12 @@ def split_point(samples: Sequence[Sample]) -> int | None:
 
 def load_generator(
     spec: ModelSpec, *, device: str | None = None, acceleration: Acceleration | None = None
-) -> Generator:
+) -> ImageGenerator:
     """Build or load ``spec``'s model on a device (CUDA float16 by default, CPU float32)."""
     options = acceleration or Acceleration()
     target = pick_device(device)
     dtype = options.torch_dtype(target)
     components = build_components(spec, dtype=dtype)
-    return Generator(
+    return ImageGenerator(
         spec, SDXLPipeline(components, device=target, dtype=dtype, acceleration=options)
     )

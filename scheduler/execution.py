@@ -52,7 +52,7 @@ from .spool import Spool, Upload
 from .states import JobErrorCode
 
 if TYPE_CHECKING:
-    from pipeline import Generator
+    from pipeline import ImageGenerator as Generator
 
 __all__ = [
     "run_batch",

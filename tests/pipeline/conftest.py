@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import GenerationRequest, Generator, ModelRegistry, load_generator
+from pipeline import GenerationRequest, ImageGenerator, ModelRegistry, load_generator
 
 
 @pytest.fixture(scope="session")
-def tiny() -> Generator:
+def tiny() -> ImageGenerator:
     return load_generator(ModelRegistry.from_config(None).get("xSD4.5"), device="cpu")
 
 

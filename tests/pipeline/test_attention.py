@@ -9,7 +9,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from PIL import Image
 
-from pipeline import Generator
+from pipeline import ImageGenerator
 from pipeline.attention import (
     FULL_VIEW,
     AttentionContext,
@@ -93,7 +93,7 @@ def test_references_that_add_nothing_attend_as_the_stock_processor(qk_norm: str 
 
 
 def test_rows_without_references_run_the_wrapped_processor(
-    tiny: Generator, monkeypatch: pytest.MonkeyPatch
+    tiny: ImageGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In a batch where some samples have references, the others' text attention goes
     through the processor the acceleration settings installed (xformers, when asked)."""

@@ -21,7 +21,7 @@ from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from pipeline import Generator
+from pipeline import ImageGenerator
 from pipeline.components import _adapter_generator, build_components
 from pipeline.prompts import clip_tokenizer
 from pipeline.references import ADAPTER_FILE, random_adapter, write_adapter
@@ -56,7 +56,7 @@ def clip_tokenizers() -> tuple[CLIPTokenizer, CLIPTokenizer]:
 
 @pytest.fixture(scope="module")
 def diffusers_pipelines(
-    tiny: Generator, tmp_path_factory: pytest.TempPathFactory
+    tiny: ImageGenerator, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[bool, StableDiffusionXLPipeline]:
     """diffusers' pipeline without and with the IP-Adapter (once loaded, its UNet needs
     image embeddings on every call), each on its own copy of tiny's components
@@ -100,7 +100,7 @@ def diffusers_pipelines(
 @pytest.mark.parametrize("with_reference", [False, True], ids=["text", "reference"])
 @pytest.mark.parametrize("size", SIZES, ids=["square", "non-square"])
 def test_bucket_images_equal_diffusers(
-    tiny: Generator,
+    tiny: ImageGenerator,
     diffusers_pipelines: dict[bool, StableDiffusionXLPipeline],
     reference: Image.Image,
     size: tuple[int, int],

@@ -11,7 +11,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
-from pipeline import Generator, ModelUnavailable, PipelineError
+from pipeline import ImageGenerator, ModelUnavailable, PipelineError
 from pipeline.attention import CallState
 from pipeline.consistency import ConsistencyConfig, install_consistency
 from pipeline.ip_adapter import ReferenceAttention, install_ip_adapter
@@ -46,7 +46,7 @@ def red_image() -> Image.Image:
     return Image.new("RGB", (40, 40), (220, 30, 30))
 
 
-def run(tiny: Generator, *samples: Sample) -> list[np.ndarray]:
+def run(tiny: ImageGenerator, *samples: Sample) -> list[np.ndarray]:
     images = tiny.pipeline(list(samples), width=SIZE, height=SIZE, steps=4)
     return [pixels(image) for image in images]
 
@@ -56,23 +56,25 @@ def sample(*references: ReferenceInput, prompt: str = "a lighthouse at dawn") ->
 
 
 @pytest.fixture(scope="module")
-def plain(tiny: Generator) -> np.ndarray:
+def plain(tiny: ImageGenerator) -> np.ndarray:
     return run(tiny, sample())[0]
 
 
-def test_weight_zero_equals_no_adapter(tiny: Generator, plain, noise_image) -> None:
+def test_weight_zero_equals_no_adapter(tiny: ImageGenerator, plain, noise_image) -> None:
     (zero,) = run(tiny, sample(ReferenceInput(noise_image, weight=0.0)))
     assert np.abs(zero - plain).max() <= 1
 
 
-def test_references_change_the_image(tiny: Generator, plain, noise_image, red_image) -> None:
+def test_references_change_the_image(tiny: ImageGenerator, plain, noise_image, red_image) -> None:
     (noise,) = run(tiny, sample(ReferenceInput(noise_image, weight=0.6)))
     (red,) = run(tiny, sample(ReferenceInput(red_image, weight=0.6)))
     assert np.abs(noise - plain).mean() > 1
     assert np.abs(noise - red).mean() > 1
 
 
-def test_reference_free_neighbour_is_unaffected(tiny: Generator, plain, noise_image, red_image):
+def test_reference_free_neighbour_is_unaffected(
+    tiny: ImageGenerator, plain, noise_image, red_image
+):
     referenced = Sample(
         "a red fox", 3, 5.0, (ReferenceInput(noise_image), ReferenceInput(red_image, weight=1.0))
     )
@@ -80,7 +82,7 @@ def test_reference_free_neighbour_is_unaffected(tiny: Generator, plain, noise_im
     assert np.abs(together - plain).max() <= 1
 
 
-def test_weights_per_reference(tiny: Generator, plain, noise_image, red_image) -> None:
+def test_weights_per_reference(tiny: ImageGenerator, plain, noise_image, red_image) -> None:
     (alone,) = run(tiny, sample(ReferenceInput(noise_image, weight=0.8)))
     # A second reference of weight 0 is a no-op; the first keeps its own weight.
     (paired,) = run(
@@ -114,7 +116,7 @@ def ip_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, float]]:
     yield calls
 
 
-def test_style_reference_acts_only_in_style_layers(tiny: Generator, noise_image, ip_calls):
+def test_style_reference_acts_only_in_style_layers(tiny: ImageGenerator, noise_image, ip_calls):
     style = ReferenceInput(noise_image, ReferenceRole(kind="style"))
     cond = tiny.pipeline.encode([sample(style)], width=SIZE, height=SIZE)
     state = CallState(cond.references, (), cond.view, (SIZE // 2, SIZE // 2), 999.0)
@@ -131,7 +133,7 @@ def test_style_reference_acts_only_in_style_layers(tiny: Generator, noise_image,
     assert any(layer.startswith("down_blocks.") for layer in ip_calls)
 
 
-def test_left_region_masks_the_left_half(tiny: Generator, plain, noise_image) -> None:
+def test_left_region_masks_the_left_half(tiny: ImageGenerator, plain, noise_image) -> None:
     left = ReferenceInput(noise_image, ReferenceRole(region="left"), weight=1.0)
     cond = tiny.pipeline.encode([sample(left)], width=SIZE, height=SIZE)
     latent = (SIZE // 2, SIZE // 2)
@@ -160,7 +162,7 @@ def test_left_region_masks_the_left_half(tiny: Generator, plain, noise_image) ->
     assert change[:, : SIZE // 2].mean() > 1.2 * change[:, SIZE // 2 :].mean()
 
 
-def test_background_takes_what_regions_leave(tiny: Generator, noise_image, red_image) -> None:
+def test_background_takes_what_regions_leave(tiny: ImageGenerator, noise_image, red_image) -> None:
     both = sample(
         ReferenceInput(noise_image, ReferenceRole(region="left")),
         ReferenceInput(red_image, ReferenceRole(region="background")),
@@ -171,7 +173,7 @@ def test_background_takes_what_regions_leave(tiny: Generator, noise_image, red_i
     assert torch.equal(masks[..., 0] + masks[..., 1], torch.ones(4, 4))
 
 
-def test_generator_gives_each_reference_its_role(tiny: Generator, noise_image, red_image):
+def test_generator_gives_each_reference_its_role(tiny: ImageGenerator, noise_image, red_image):
     job = request(
         prompt="image_2 on the left, use image_1 for the style",
         width=SIZE,
@@ -194,7 +196,7 @@ def test_generator_gives_each_reference_its_role(tiny: Generator, noise_image, r
     assert np.abs(pixels(image) - pixels(text_only)).mean() > 1
 
 
-def test_references_without_an_adapter_fail(tiny: Generator, noise_image, monkeypatch) -> None:
+def test_references_without_an_adapter_fail(tiny: ImageGenerator, noise_image, monkeypatch) -> None:
     monkeypatch.setattr(tiny.pipeline.components, "references", None)
     job = request(width=SIZE, height=SIZE, references=(noise_image,))
     (outcome,) = tiny.generate_batch([job])
@@ -203,7 +205,7 @@ def test_references_without_an_adapter_fail(tiny: Generator, noise_image, monkey
         run(tiny, sample(ReferenceInput(noise_image)))
 
 
-def test_replaced_processors_are_detected(tiny: Generator, noise_image) -> None:
+def test_replaced_processors_are_detected(tiny: ImageGenerator, noise_image) -> None:
     unet = tiny.pipeline.components.unet
     unet.set_attn_processor(AttnProcessor2_0())
     try:
@@ -215,7 +217,7 @@ def test_replaced_processors_are_detected(tiny: Generator, noise_image) -> None:
         install_consistency(unet, tiny.pipeline.attention, ConsistencyConfig())
 
 
-def test_adapter_loads_from_a_weights_directory(tiny: Generator, tmp_path: Path, noise_image):
+def test_adapter_loads_from_a_weights_directory(tiny: ImageGenerator, tmp_path: Path, noise_image):
     unet = tiny.pipeline.components.unet
     built = tiny.pipeline.components.references
     assert weights_references(tmp_path, unet, torch.float32) is None

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
 from .errors import PipelineError
+from .geometry import Box, Size
 
 __all__ = [
     "FULL_VIEW",
@@ -44,8 +45,9 @@ __all__ = [
     "token_grid",
 ]
 
-# (top, left, bottom, right) as fractions of the whole image.
-FULL_VIEW = (0.0, 0.0, 1.0, 1.0)
+# The whole image: the view of a call that is not a tile, the region of a reference that
+# has none.
+FULL_VIEW = Box(top=0.0, left=0.0, bottom=1.0, right=1.0)
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class ReferenceTokens:
     tokens: torch.Tensor  # [2B, R, T, D]: unconditional rows hold the zero-image tokens
     scales: torch.Tensor  # [2B, R]: each reference's weight
     style: torch.Tensor  # [2B, R] bool: acts only in the style layers (InstantStyle)
-    regions: torch.Tensor  # [2B, R, 4]: (top, left, bottom, right) box, FULL_VIEW = everywhere
+    regions: torch.Tensor  # [2B, R, 4]: a Box's four fields; FULL_VIEW = everywhere
     background: torch.Tensor  # [2B, R] bool: the region is what the row's other boxes leave
 
 
@@ -68,15 +70,18 @@ class FrameGroup:
     seed: int  # the request's seed: which tokens frames share is drawn from it
 
 
-def token_grid(latent_size: tuple[int, int], tokens: int) -> tuple[int, int]:
-    """The (rows, columns) of an attention layer's token grid: the UNet halves the latent
+def token_grid(latent_size: Size, tokens: int) -> Size:
+    """The columns and rows of an attention layer's token grid: the UNet halves the latent
     (rounding up) once per down block, so the grid is found by halving until it fits."""
-    height, width = latent_size
-    while height * width > tokens:
-        height, width = -(-height // 2), -(-width // 2)
-    if height * width != tokens:
-        raise PipelineError(f"No token grid of {tokens} tokens for a {latent_size} latent.")
-    return height, width
+    grid = latent_size
+    while grid.area > tokens:
+        grid = Size(width=-(-grid.width // 2), height=-(-grid.height // 2))
+    if grid.area != tokens:
+        raise PipelineError(
+            f"No token grid of {tokens} tokens for a {latent_size.width}x{latent_size.height} "
+            "latent."
+        )
+    return grid
 
 
 @dataclass
@@ -85,8 +90,8 @@ class CallState:
 
     references: ReferenceTokens | None
     frame_groups: tuple[FrameGroup, ...]
-    view: tuple[float, float, float, float]
-    latent_size: tuple[int, int]
+    view: Box
+    latent_size: Size
     timestep: float
     # Visits of each processor kind, so the pipeline can tell that they are installed.
     reference_calls: int = 0
@@ -138,15 +143,17 @@ class CallState:
         boxed = (refs.regions != full).any(dim=-1)  # [2B, R]
         if not (boxed.any() or refs.background.any()):
             return None
-        rows, columns = token_grid(self.latent_size, tokens)
-        top, left, bottom, right = self.view
+        grid, view = token_grid(self.latent_size, tokens), self.view
+        rows, columns = grid.height, grid.width
         # Token centres in whole-image fractions: a tile sees only its part of the image.
-        ys = top + (torch.arange(rows, device=full.device) + 0.5) / rows * (bottom - top)
-        xs = left + (torch.arange(columns, device=full.device) + 0.5) / columns * (right - left)
+        view_height, view_width = view.bottom - view.top, view.right - view.left
+        ys = view.top + (torch.arange(rows, device=full.device) + 0.5) / rows * view_height
+        xs = view.left + (torch.arange(columns, device=full.device) + 0.5) / columns * view_width
         y = ys[:, None].expand(rows, columns).flatten()  # row-major, as the UNet flattens
         x = xs[None, :].expand(rows, columns).flatten()
-        box = refs.regions[..., None]  # [2B, R, 4, 1]
-        inside = (box[:, :, 0] <= y) & (y < box[:, :, 2]) & (box[:, :, 1] <= x) & (x < box[:, :, 3])
+        # Each region's sides [2B, R, 1], in the order of Box's fields.
+        top, left, bottom, right = refs.regions[..., None].unbind(-2)
+        inside = (top <= y) & (y < bottom) & (left <= x) & (x < right)
         masks = inside.to(refs.scales.dtype)  # [2B, R, tokens]
         # A background reference covers what the row's boxed references leave (all of the
         # image when they leave nothing).

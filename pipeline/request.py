@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from .geometry import Size
+
 __all__ = ["GenerationRequest"]
 
 
@@ -30,3 +32,8 @@ class GenerationRequest:
     references: tuple[Image.Image, ...] = field(default=(), compare=False)
     sequential: bool = False
     steps: int | None = None
+
+    @property
+    def size(self) -> Size:
+        """The images' size, ``width x height``."""
+        return Size(width=self.width, height=self.height)

@@ -21,6 +21,7 @@ from pipeline.attention import (
     project,
 )
 from pipeline.consistency import ConsistencyConfig, ConsistentSelfAttention
+from pipeline.geometry import Size
 from pipeline.ip_adapter import ReferenceAttention
 from pipeline.sdxl import ReferenceInput, Sample
 
@@ -57,7 +58,7 @@ def test_frames_that_share_nothing_attend_as_the_stock_processor(qk_norm: str | 
     hidden = torch.randn(4, 16, 32)  # two frames: unconditional rows, then conditional
     context = AttentionContext()
     processor = ConsistentSelfAttention(context, ConsistencyConfig(share=0.0), AttnProcessor2_0())
-    state = CallState(None, (FrameGroup(samples=(0, 1), seed=5),), FULL_VIEW, (4, 4), 999.0)
+    state = CallState(None, (FrameGroup(samples=(0, 1), seed=5),), FULL_VIEW, Size(4, 4), 999.0)
     with torch.inference_mode(), context.active(state):
         ours = processor(attn, hidden)
         theirs = AttnProcessor2_0()(attn, hidden)
@@ -84,7 +85,7 @@ def test_references_that_add_nothing_attend_as_the_stock_processor(qk_norm: str 
         regions=torch.tensor([FULL_VIEW, FULL_VIEW])[:, None],
         background=torch.zeros(2, 1, dtype=torch.bool),
     )
-    state = CallState(references, (), FULL_VIEW, (4, 4), 999.0)
+    state = CallState(references, (), FULL_VIEW, Size(4, 4), 999.0)
     with torch.inference_mode(), context.active(state):
         ours = processor(attn, hidden, text)
         theirs = AttnProcessor2_0()(attn, hidden, text)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline import (
     LONGEST_TOKEN_BYTES,
+    GenerationRequest,
     InvalidImage,
     ModelRegistry,
     ModelUnavailable,
@@ -25,6 +26,7 @@ from pipeline import (
     derive_seed,
     enumerate_items,
 )
+from pipeline.geometry import Size
 from pipeline.prompts import clip_tokenizer
 
 
@@ -58,6 +60,15 @@ def test_bucket_areas_and_multiples() -> None:
         assert abs(w * h - 1024**2) / 1024**2 < 0.1
     assert bucket_for(2048, 2048, base=64, multiple=4) == (64, 64)
     assert bucket_for(2560, 1440, base=64, multiple=4) == (84, 48)
+
+
+def test_sizes_name_their_order() -> None:
+    bucket = bucket_for(2560, 1440, base=64, multiple=4)
+    assert (bucket.width, bucket.height, bucket.area) == (84, 48, 84 * 48)
+    job = GenerationRequest(
+        request_id="r", model="m", prompt="p", width=2560, height=1440, seeds=(1,), guidance_scale=5
+    )
+    assert job.size == Size(width=2560, height=1440)
 
 
 def test_derive_seed() -> None:

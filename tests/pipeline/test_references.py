@@ -14,6 +14,7 @@ from PIL import Image
 from pipeline import ImageGenerator, ModelUnavailable, PipelineError
 from pipeline.attention import CallState
 from pipeline.consistency import ConsistencyConfig, install_consistency
+from pipeline.geometry import Offset, Size
 from pipeline.ip_adapter import ReferenceAttention, install_ip_adapter
 from pipeline.references import (
     ADAPTER_DIR,
@@ -119,7 +120,7 @@ def ip_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, float]]:
 def test_style_reference_acts_only_in_style_layers(tiny: ImageGenerator, noise_image, ip_calls):
     style = ReferenceInput(noise_image, ReferenceRole(kind="style"))
     cond = tiny.pipeline.encode([sample(style)], width=SIZE, height=SIZE)
-    state = CallState(cond.references, (), cond.view, (SIZE // 2, SIZE // 2), 999.0)
+    state = CallState(cond.references, (), cond.view, Size(SIZE // 2, SIZE // 2), 999.0)
     assert state.reference_rows(style_layer=False) is None
     rows, scales = state.reference_rows(style_layer=True)
     assert rows.tolist() == [0, 1] and scales.tolist() == [[1.0], [1.0]]
@@ -136,7 +137,7 @@ def test_style_reference_acts_only_in_style_layers(tiny: ImageGenerator, noise_i
 def test_left_region_masks_the_left_half(tiny: ImageGenerator, plain, noise_image) -> None:
     left = ReferenceInput(noise_image, ReferenceRole(region="left"), weight=1.0)
     cond = tiny.pipeline.encode([sample(left)], width=SIZE, height=SIZE)
-    latent = (SIZE // 2, SIZE // 2)
+    latent = Size(SIZE // 2, SIZE // 2)
     state = CallState(cond.references, (), cond.view, latent, 999.0)
     mask = state.reference_masks(16)  # tiny's cross-attention runs on a 4x4 grid at 64 px
     assert mask is not None
@@ -144,12 +145,16 @@ def test_left_region_masks_the_left_half(tiny: ImageGenerator, plain, noise_imag
     assert grid[:, :2].eq(1).all() and grid[:, 2:].eq(0).all()
     # A tile on the right half of the image sees none of the left region.
     # Tiles of a 128x64 image (width, height): the right one sees none of the left region.
-    right = cond.with_size(original=(2 * SIZE, SIZE), crop=(SIZE, 0), target=(SIZE, SIZE))
+    right = cond.with_size(
+        original=Size(2 * SIZE, SIZE), crop=Offset(SIZE, 0), target=Size(SIZE, SIZE)
+    )
     assert right.view == (0.0, 0.5, 1.0, 1.0)
     assert (
         CallState(right.references, (), right.view, latent, 999.0).reference_masks(16).eq(0).all()
     )
-    left_tile = cond.with_size(original=(2 * SIZE, SIZE), crop=(0, 0), target=(SIZE, SIZE))
+    left_tile = cond.with_size(
+        original=Size(2 * SIZE, SIZE), crop=Offset(0, 0), target=Size(SIZE, SIZE)
+    )
     assert (
         CallState(left_tile.references, (), left_tile.view, latent, 999.0)
         .reference_masks(16)[1]
@@ -168,7 +173,7 @@ def test_background_takes_what_regions_leave(tiny: ImageGenerator, noise_image, 
         ReferenceInput(red_image, ReferenceRole(region="background")),
     )
     cond = tiny.pipeline.encode([both], width=SIZE, height=SIZE)
-    state = CallState(cond.references, (), cond.view, (SIZE // 2, SIZE // 2), 999.0)
+    state = CallState(cond.references, (), cond.view, Size(SIZE // 2, SIZE // 2), 999.0)
     masks = state.reference_masks(16)[1].view(4, 4, 2)
     assert torch.equal(masks[..., 0] + masks[..., 1], torch.ones(4, 4))
 

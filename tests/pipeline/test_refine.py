@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from pipeline import ImageGenerator
+from pipeline.geometry import Offset, Size
 from pipeline.refine import Tile, TiledPredictor, chunks, tile_grid
-from pipeline.sdxl import Sample
+from pipeline.sdxl import Sample, size_ids
 
 from .conftest import request
 
@@ -39,6 +40,17 @@ def test_one_tile_when_the_latent_fits() -> None:
     assert tile_grid(32, 24, tile=32, overlap=8) == [Tile(0, 0, 32, 24)]
 
 
+def test_size_ids_are_height_first() -> None:
+    """SDXL's ids: original (height, width), crop corner (top, left), target (height,
+    width)."""
+    ids = size_ids(
+        original=Size(width=256, height=192),
+        crop=Offset(left=64, top=32),
+        target=Size(width=128, height=96),
+    )
+    assert ids == [192, 256, 32, 64, 96, 128]
+
+
 def test_blended_tiles_reproduce_a_position_independent_prediction(tiny: ImageGenerator) -> None:
     """With a prediction that does not depend on context, blending the tiles must give
     it back exactly: the weights cover every latent pixel and sum to one."""
@@ -51,7 +63,7 @@ def test_blended_tiles_reproduce_a_position_independent_prediction(tiny: ImageGe
         lambda x, t, c: 2 * x,
         tiled.tiles,
         refiner.overlap,
-        image_size=(256, 192),
+        image_size=Size(256, 192),
         scale=tiny.pipeline.vae_scale,
         device=torch.device("cpu"),
     )

@@ -354,10 +354,11 @@ def split_point(samples: Sequence[Sample]) -> int | None:
 def load_generator(
     spec: ModelSpec, *, device: str | None = None, acceleration: Acceleration | None = None
 ) -> ImageGenerator:
-    """Build or load ``spec``'s model on a device (CUDA float16 by default, CPU float32)."""
+    """Build or load ``spec``'s model on a device, at the alias's precision unless
+    ``acceleration`` sets one (``auto``: float16 on CUDA, float32 on the CPU)."""
     options = acceleration or Acceleration()
     target = pick_device(device)
-    dtype = options.torch_dtype(target)
+    dtype = options.torch_dtype(target, spec.dtype)
     components = build_components(spec, dtype=dtype)
     return ImageGenerator(
         spec, SDXLPipeline(components, device=target, dtype=dtype, acceleration=options)

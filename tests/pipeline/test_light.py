@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,17 @@ def test_registry(tmp_path: Path) -> None:
     bench = ModelRegistry.from_config(None, include_benchmark_models=True)
     assert bench.aliases() == ["xSD4.5", "tiny", "sdxl-random"]
     assert [m["alias"] for m in registry.describe()] == ["xSD4.5"]
+
+
+def test_registry_entries_name_scheduler_precision_and_tokenizers(tmp_path: Path) -> None:
+    bench = ModelRegistry.from_config(None, include_benchmark_models=True)
+    for alias in bench.aliases():
+        spec = bench.get(alias)
+        assert (spec.scheduler, spec.dtype, spec.tokenizer) == ("euler", "auto", "clip")
+    weights = ModelRegistry.from_config(tmp_path / "sdxl").get("xSD4.5")
+    assert (weights.scheduler, weights.dtype, weights.tokenizer) == ("euler", "auto", "weights")
+    with pytest.raises(ValueError, match="only a weights directory"):
+        replace(bench.get("tiny"), tokenizer="weights")
 
 
 def test_sdxl_random_has_sdxl_size() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.embeddings import IPAdapterPlusImageProjection
 from PIL import Image
 
 from pipeline import ImageGenerator, ModelUnavailable, PipelineError
@@ -20,6 +21,7 @@ from pipeline.references import (
     ADAPTER_DIR,
     ADAPTER_FILE,
     ENCODER_DIR,
+    load_references,
     random_adapter,
     weights_references,
     write_adapter,
@@ -243,3 +245,57 @@ def test_adapter_loads_from_a_weights_directory(tiny: ImageGenerator, tmp_path: 
     write_adapter(folder / ADAPTER_FILE, mismatched)
     with pytest.raises(ModelUnavailable, match="does not fit this UNet"):
         weights_references(tmp_path, unet, torch.float32)
+
+
+def plus_projection(embed_dims: int, output_dims: int, generator: torch.Generator) -> dict:
+    """IP-Adapter Plus's resampler (4 blocks, 4 queries, one 64-wide head) with random
+    weights, under the original checkpoint's names."""
+    hidden, inner, ff = 64, 64, 256
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.05
+
+    state = {
+        "latents": rand(1, 4, hidden),
+        "proj_in.weight": rand(hidden, embed_dims),
+        "proj_in.bias": rand(hidden),
+        "proj_out.weight": rand(output_dims, hidden),
+        "proj_out.bias": rand(output_dims),
+        "norm_out.weight": torch.ones(output_dims),
+        "norm_out.bias": torch.zeros(output_dims),
+    }
+    for block in range(4):
+        attention, feed_forward = f"layers.{block}.0.", f"layers.{block}.1."
+        for norm in ("norm1", "norm2"):
+            state[f"{attention}{norm}.weight"] = torch.ones(hidden)
+            state[f"{attention}{norm}.bias"] = torch.zeros(hidden)
+        state[f"{attention}to_q.weight"] = rand(inner, hidden)
+        state[f"{attention}to_kv.weight"] = rand(2 * inner, hidden)
+        state[f"{attention}to_out.weight"] = rand(hidden, inner)
+        state[f"{feed_forward}0.weight"] = torch.ones(hidden)
+        state[f"{feed_forward}0.bias"] = torch.zeros(hidden)
+        state[f"{feed_forward}1.weight"] = rand(ff, hidden)
+        state[f"{feed_forward}3.weight"] = rand(hidden, ff)
+    return state
+
+
+def test_plus_adapters_load(tiny: ImageGenerator, noise_image) -> None:
+    """The Plus resampler comes through diffusers' converter of the original names: its
+    to_kv is split into the attention's key and value, and it reads the encoder's hidden
+    states."""
+    unet = tiny.pipeline.components.unet
+    encoder = tiny.pipeline.components.references.image_encoder
+    generator = torch.Generator().manual_seed(3)
+    projection = plus_projection(encoder.config.hidden_size, 64, generator)
+    adapter = {
+        "image_proj": projection,
+        "ip_adapter": random_adapter(unet, 32, generator)["ip_adapter"],
+    }
+    models = load_references(unet, encoder, adapter)
+    assert isinstance(models.projection, IPAdapterPlusImageProjection)
+    key, value = projection["layers.2.0.to_kv.weight"].chunk(2)
+    assert torch.equal(models.projection.layers[2].attn.to_k.weight, key)
+    assert torch.equal(models.projection.layers[2].attn.to_v.weight, value)
+    with torch.inference_mode():
+        cond, uncond = models.encode([noise_image])
+    assert cond.shape == uncond.shape == (1, 4, unet.config.cross_attention_dim)

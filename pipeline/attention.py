@@ -202,9 +202,8 @@ class AttentionContext:
 
 def split_heads(attn: Attention, states: torch.Tensor) -> torch.Tensor:
     """Projected states ``[n, tokens, heads x d]`` as ``[n, heads, tokens, d]``."""
-    return states.view(states.shape[0], -1, attn.heads, states.shape[-1] // attn.heads).transpose(
-        1, 2
-    )
+    rows, tokens, inner = states.shape
+    return states.view(rows, tokens, attn.heads, inner // attn.heads).transpose(1, 2)
 
 
 def project(
@@ -212,7 +211,9 @@ def project(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The layer's query of ``hidden_states`` and its key and value of ``context``, each
     ``[n, heads, tokens, d]``, with the layer's query and key norms applied where it has
-    them, as ``AttnProcessor2_0`` prepares them for the kernel."""
+    them, as ``AttnProcessor2_0`` prepares them for the kernel. For the attention of a
+    transformer block, which has no group, spatial or cross-attention norm (the only
+    layers the pipeline's processors are installed on)."""
     query = split_heads(attn, attn.to_q(hidden_states))
     key = split_heads(attn, attn.to_k(context))
     value = split_heads(attn, attn.to_v(context))

@@ -3,7 +3,7 @@
 ``python -m benchmarks.pipeline [--model tiny|sdxl-random] [--device cpu|cuda] [--steps 20]
 [--guidance 8] [--batch-sizes 1,2,4,8] [--size 1024x1024[,2048x2048,...]] [--warmup 1]
 [--repeats 2] [--json PATH]`` loads one model and, for every output size and batch size,
-times ``Generator.generate_batch`` on a batch the way a GPU worker forms one: B distinct
+times ``ImageGenerator.generate_batch`` on a batch the way a GPU worker forms one: B distinct
 requests of one image each (distinct prompts and seeds). The defaults are MLPerf's SDXL
 settings: 20 Euler steps, guidance 8, 1024x1024.
 
@@ -54,7 +54,7 @@ import numpy as np
 if TYPE_CHECKING:
     from PIL import Image
 
-    from pipeline import GenerationRequest, Generator
+    from pipeline import GenerationRequest, ImageGenerator
 
 __all__ = ["MLPERF_H100_IMAGES_PER_SECOND", "build_generator", "main", "parse_sizes", "run"]
 
@@ -93,7 +93,7 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def build_generator(args: argparse.Namespace) -> Generator:
+def build_generator(args: argparse.Namespace) -> ImageGenerator:
     """The generator the arguments describe, with the worker's device options."""
     from pipeline import ModelRegistry, load_generator
     from pipeline.acceleration import Acceleration
@@ -109,7 +109,7 @@ def build_generator(args: argparse.Namespace) -> Generator:
 
 
 def _requests(
-    generator: Generator, count: int, size: tuple[int, int], *, steps: int, guidance: float
+    generator: ImageGenerator, count: int, size: tuple[int, int], *, steps: int, guidance: float
 ) -> list[GenerationRequest]:
     """``count`` distinct one-image requests; the first is the same at every batch size."""
     from pipeline import GenerationRequest
@@ -129,7 +129,7 @@ def _requests(
     ]
 
 
-def _generate(generator: Generator, requests: list[GenerationRequest]) -> list[Image.Image]:
+def _generate(generator: ImageGenerator, requests: list[GenerationRequest]) -> list[Image.Image]:
     """One batch, synchronised; the first image of every request."""
     import torch
 
@@ -181,7 +181,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _machine(generator: Generator) -> dict[str, Any]:
+def _machine(generator: ImageGenerator) -> dict[str, Any]:
     import diffusers
     import torch
 
@@ -204,7 +204,7 @@ def _machine(generator: Generator) -> dict[str, Any]:
 
 
 def run(
-    generator: Generator,
+    generator: ImageGenerator,
     *,
     sizes: list[tuple[int, int]],
     batch_sizes: list[int],

@@ -12,7 +12,7 @@ and measures, in one run:
    ``--seconds``; images per second counts images whose job finished in the window.
 3. The GPU worker's idle fraction in that window (``xsd_gpu_idle_seconds_total``).
 4. The bare pipeline's throughput on the same machine, after the pool is stopped: the
-   same requests through ``Generator.generate_batch`` in batches of the same size, plus
+   same requests through ``ImageGenerator.generate_batch`` in batches of the same size, plus
    the PNG encoding every delivered image needs. The pool's overhead is
    ``1 - end-to-end / bare``.
 """

@@ -2,7 +2,7 @@
 
 Knows nothing of HTTP, Redis or object storage. Importing this package is light (no torch):
 the HTTP shim uses the registry, token counting and prompt parsing; ``load_generator`` and
-``Generator`` import torch and diffusers on first use.
+``ImageGenerator`` import torch and diffusers on first use.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from .request import MAX_REFERENCES, GenerationRequest
 from .seeds import MAX_SEED, derive_seed
 
 if TYPE_CHECKING:
-    from .generator import Generator, load_generator
+    from .generator import ImageGenerator, load_generator
 
 __all__ = [
     "DecodeBudget",
     "GenerationRequest",
-    "Generator",
+    "ImageGenerator",
     "InvalidImage",
     "InvalidInput",
     "LONGEST_TOKEN_BYTES",
@@ -43,7 +43,7 @@ __all__ = [
     "load_generator",
 ]
 
-_HEAVY = {"Generator", "load_generator"}
+_HEAVY = {"ImageGenerator", "load_generator"}
 
 
 def __getattr__(name: str) -> Any:

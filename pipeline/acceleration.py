@@ -11,7 +11,10 @@ images (:mod:`pipeline.refine` turns tiling on).
 The reference and frame attention processors (:mod:`pipeline.ip_adapter`,
 :mod:`pipeline.consistency`) wrap whatever processor they find, so the kernel is chosen
 first (:func:`prepare_unet`) and they are installed on top: rows without references or
-frames then run on xformers too, and switching kernels never drops them.
+frames then run on xformers too, and switching kernels never drops them. The rows with
+references or frames run PyTorch's SDPA whatever the setting (:mod:`pipeline.attention`):
+their attention is not one the wrapped processor can compute, and SDPA is the kernel of
+diffusers' own IP-Adapter processor, which the reference images must match to the bit.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from .errors import ModelUnavailable
+from .registry import DType
 
 __all__ = ["Acceleration", "prepare_unet"]
 
 log = logging.getLogger(__name__)
 
-DType = Literal["auto", "float16", "bfloat16", "float32"]
 Kernel = Literal["sdpa", "xformers"]
 
 
@@ -44,11 +47,13 @@ class Acceleration:
     compile: bool = False
     channels_last: bool = True
 
-    def torch_dtype(self, device: torch.device) -> torch.dtype:
-        """The UNet's and text encoders' dtype: ``auto`` is float16 on CUDA, else float32."""
-        if self.dtype == "auto":
+    def torch_dtype(self, device: torch.device, model: DType = "auto") -> torch.dtype:
+        """The UNet's and text encoders' dtype: ``XSD_DTYPE`` when set, else ``model``'s
+        (the alias's, from the registry); ``auto`` is float16 on CUDA, else float32."""
+        chosen = model if self.dtype == "auto" else self.dtype
+        if chosen == "auto":
             return torch.float16 if device.type == "cuda" else torch.float32
-        return getattr(torch, self.dtype)
+        return getattr(torch, chosen)
 
 
 def prepare_unet(unet: UNet2DConditionModel, options: Acceleration, device: torch.device) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+from .geometry import Size
+
 __all__ = ["bucket_for"]
 
 
-def bucket_for(width: int, height: int, *, base: int, multiple: int) -> tuple[int, int]:
+def bucket_for(width: int, height: int, *, base: int, multiple: int) -> Size:
     """The bucket (about ``base * base`` pixels, both sides multiples of ``multiple``)
     closest in aspect ratio to ``width x height``.
 
@@ -18,13 +20,13 @@ def bucket_for(width: int, height: int, *, base: int, multiple: int) -> tuple[in
         raise ValueError(f"width and height must be positive; got {width}x{height}.")
     aspect = width / height
     area = base * base
-    best: tuple[int, int] | None = None
+    best: Size | None = None
     best_error = math.inf
     # Walk candidate widths; for each take the height that keeps the area nearest `area`.
     for w in range(multiple, base * 16 + 1, multiple):
         h = max(multiple, round(area / w / multiple) * multiple)
         error = abs(math.log((w / h) / aspect))
         if error < best_error - 1e-12:
-            best, best_error = (w, h), error
+            best, best_error = Size(width=w, height=h), error
     assert best is not None
     return best

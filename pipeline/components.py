@@ -5,11 +5,15 @@ each with its IP-Adapter for reference images (:mod:`pipeline.references`).
 64)``, ``cross_attention_dim=64``, two 32-wide CLIP text encoders) but keeps CLIP's full
 vocabulary so the real tokenizer's ids fit. Random weights are drawn from a fixed seed, so
 every worker process builds the same model and a request reproduces across workers.
+
+The scheduler, the precision and the tokenizers are the registry entry's
+(:class:`pipeline.registry.ModelSpec`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,14 +21,14 @@ from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionMode
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from .errors import ModelUnavailable
-from .prompts import EOS_ID, VOCAB_SIZE
+from .prompts import EOS_ID, VOCAB_SIZE, PromptTokenizer, load_tokenizer, sdxl_tokenizers
 from .references import (
     ReferenceModels,
     sdxl_random_references,
     tiny_references,
     weights_references,
 )
-from .registry import SDXL_RANDOM, TINY, ModelSpec
+from .registry import SDXL_RANDOM, TINY, WEIGHTS_TOKENIZER, ModelSpec, SchedulerName
 
 __all__ = [
     "Components",
@@ -34,6 +38,10 @@ __all__ = [
 
 # The random weights of `tiny` and `sdxl-random` are drawn from this seed.
 WEIGHTS_SEED = 20251125
+
+# The registry's scheduler names. The denoising loop and the refiner's partial schedule
+# (`set_begin_index`, `add_noise`) are tested with Euler only.
+SCHEDULERS: dict[SchedulerName, type[EulerDiscreteScheduler]] = {"euler": EulerDiscreteScheduler}
 
 # SDXL base 1.0's Euler scheduler settings.
 _SCHEDULER = dict(
@@ -56,8 +64,10 @@ class Components:
     text_encoder: CLIPTextModel
     text_encoder_2: CLIPTextModelWithProjection
     scheduler: EulerDiscreteScheduler
-    # SDXL's second tokenizer pads with "!" (id 0), the first with the end token.
-    pad_ids: tuple[int, int] = (EOS_ID, 0)
+    # The text encoders' tokenizers: CLIP's BPE, SDXL's padding, unless the weights ship
+    # their own.
+    tokenizer: PromptTokenizer = field(default_factory=lambda: sdxl_tokenizers()[0])
+    tokenizer_2: PromptTokenizer = field(default_factory=lambda: sdxl_tokenizers()[1])
     # The IP-Adapter; None for weights that come without one (references then fail).
     references: ReferenceModels | None = None
 
@@ -113,7 +123,7 @@ def sdxl_unet_config() -> dict[str, Any]:
     )
 
 
-def _tiny() -> Components:
+def _tiny(spec: ModelSpec) -> Components:
     unet = UNet2DConditionModel(
         sample_size=32,
         in_channels=4,
@@ -145,7 +155,7 @@ def _tiny() -> Components:
         vae=vae,
         text_encoder=CLIPTextModel(_text_config(**text)),
         text_encoder_2=CLIPTextModelWithProjection(_text_config(**text)),
-        scheduler=EulerDiscreteScheduler(**_SCHEDULER),
+        scheduler=SCHEDULERS[spec.scheduler](**_SCHEDULER),
     )
     # Drawn last, so the other components' weights do not depend on the adapter's.
     components.references = tiny_references(unet, _adapter_generator())
@@ -156,7 +166,7 @@ def _adapter_generator() -> torch.Generator:
     return torch.Generator("cpu").manual_seed(WEIGHTS_SEED + 1)
 
 
-def _sdxl_random() -> Components:
+def _sdxl_random(spec: ModelSpec) -> Components:
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -182,7 +192,7 @@ def _sdxl_random() -> Components:
                 hidden=1280, layers=32, heads=20, intermediate=5120, act="gelu", projection=1280
             )
         ),
-        scheduler=EulerDiscreteScheduler(**_SCHEDULER),
+        scheduler=SCHEDULERS[spec.scheduler](**_SCHEDULER),
     )
     components.references = sdxl_random_references(components.unet, _adapter_generator())
     return components
@@ -192,6 +202,7 @@ def _weights(spec: ModelSpec, dtype: torch.dtype) -> Components:
     path = spec.weights_dir()
     load: dict[str, Any] = {"local_files_only": True, "torch_dtype": dtype}
     try:
+        tokenizer, tokenizer_2 = _tokenizers(spec, path)
         components = Components(
             unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **load),
             vae=AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32),
@@ -199,12 +210,28 @@ def _weights(spec: ModelSpec, dtype: torch.dtype) -> Components:
             text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
                 path, subfolder="text_encoder_2", **load
             ),
-            scheduler=EulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler"),
+            # The directory's scheduler settings, in the class the registry names.
+            scheduler=SCHEDULERS[spec.scheduler].from_pretrained(path, subfolder="scheduler"),
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
         )
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(f"{spec.alias}: could not load weights from {path}: {exc}") from exc
     components.references = weights_references(path, components.unet, dtype)
     return components
+
+
+def _tokenizers(spec: ModelSpec, path: Path) -> tuple[PromptTokenizer, PromptTokenizer]:
+    """The weights directory's ``tokenizer/`` and ``tokenizer_2/`` where it has them and
+    the registry entry asks for them; CLIP's BPE with SDXL's padding otherwise."""
+    defaults = sdxl_tokenizers()
+    if spec.tokenizer != WEIGHTS_TOKENIZER:
+        return defaults
+    first, second = (
+        load_tokenizer(path / name) if (path / name).is_dir() else default
+        for name, default in zip(("tokenizer", "tokenizer_2"), defaults, strict=True)
+    )
+    return first, second
 
 
 def build_components(spec: ModelSpec, *, dtype: torch.dtype) -> Components:
@@ -216,4 +243,4 @@ def build_components(spec: ModelSpec, *, dtype: torch.dtype) -> Components:
     # process, whatever the process did with torch's global RNG before.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(WEIGHTS_SEED)
-        return builder()
+        return builder(spec)

@@ -9,7 +9,10 @@ conditional, as in StoryDiffusion's guided batch.
 
 Which tokens are shared is drawn from a generator seeded by the request's seed, the layer's
 token count and the timestep: a request gives the same frames whatever batch it runs in.
-Rows outside any group of two or more frames run the processor this one replaced.
+Rows outside any group of two or more frames run the processor this one replaced. The
+frames of a group attend with the helpers of :mod:`pipeline.attention`: the wrapped
+processor could only take the shared tokens as a longer context and project them again,
+up to twice the tokens through ``to_k`` and ``to_v`` in every shared layer.
 """
 
 from __future__ import annotations
@@ -19,11 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-from .attention import AttentionContext, CallState
+from .attention import AttentionContext, CallState, attend, finish, project
 
 __all__ = ["ConsistencyConfig", "ConsistentSelfAttention", "install_consistency"]
 
@@ -100,29 +102,18 @@ class ConsistentSelfAttention:
         """Self-attention of one group's frames ``[G, N, C]``, each frame's keys and values
         extended with tokens of the others."""
         frames, tokens, _ = hidden_states.shape
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
+        query, key, value = project(attn, hidden_states, hidden_states)
         count = self.config.shared_count(frames, tokens)
         picks = state.shared_indices(group, frames, tokens, count, hidden_states.device)
-        key = torch.cat([key, key.flatten(0, 1)[picks]], dim=1)  # [G, N + count, inner]
-        value = torch.cat([value, value.flatten(0, 1)[picks]], dim=1)
-        head_dim = key.shape[-1] // attn.heads
 
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(frames, -1, attn.heads, head_dim).transpose(1, 2)
+        def extended(heads: torch.Tensor) -> torch.Tensor:
+            # [G, h, N, d] -> [G, h, N + count, d]: each frame's own tokens, then those it
+            # picked from the frames' concatenated tokens.
+            pooled = heads.transpose(0, 1).flatten(1, 2)  # [h, G * N, d]
+            return torch.cat([heads, pooled[:, picks].transpose(0, 1)], dim=2)
 
-        query, key = split(query), split(key)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(query, key, split(value))
-        out = out.transpose(1, 2).reshape(frames, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
+        out = attend(attn, query, extended(key), extended(value))
+        return finish(attn, out, hidden_states)
 
 
 def install_consistency(

@@ -23,6 +23,7 @@ from .acceleration import Acceleration
 from .buckets import bucket_for
 from .components import build_components
 from .errors import InvalidInput, PipelineError, RequestCancelled
+from .geometry import Size
 from .prompts import frame_prompts
 from .refine import Refiner
 from .registry import ModelSpec
@@ -33,7 +34,7 @@ from .watermark import add_watermark
 
 __all__ = [
     "BatchOutcome",
-    "Generator",
+    "ImageGenerator",
     "RequestCheck",
     "load_generator",
     "pick_device",
@@ -55,7 +56,7 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class Generator:
+class ImageGenerator:
     """A loaded model that turns requests into images."""
 
     def __init__(self, spec: ModelSpec, pipeline: SDXLPipeline) -> None:
@@ -77,11 +78,11 @@ class Generator:
             raise InvalidInput(
                 f"references must be at most {MAX_REFERENCES}; got {len(request.references)}."
             )
-        width, height = self.bucket(request)
+        bucket = self.bucket(request)
         steps = request.steps or self.spec.steps
-        self.pipeline.check_inputs(self.samples(request), width, height, steps)
+        self.pipeline.check_inputs(self.samples(request), bucket.width, bucket.height, steps)
 
-    def bucket(self, request: GenerationRequest) -> tuple[int, int]:
+    def bucket(self, request: GenerationRequest) -> Size:
         """The resolution the request is generated at before resizing."""
         return bucket_for(
             request.width,
@@ -133,7 +134,7 @@ class Generator:
         ``cancelled`` turns true leaves the batch at the next denoising step and gets
         :class:`RequestCancelled`; the others go on as they would have without it."""
         outcomes: list[BatchOutcome | None] = [None] * len(requests)
-        groups: dict[tuple[int, int, int], list[int]] = defaultdict(list)
+        groups: dict[tuple[Size, int], list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
             try:
                 self.check_inputs(request)
@@ -141,10 +142,10 @@ class Generator:
                 outcomes[index] = exc
                 continue
             steps = request.steps or self.spec.steps
-            groups[(*self.bucket(request), steps)].append(index)
-        for (width, height, steps), members in groups.items():
+            groups[(self.bucket(request), steps)].append(index)
+        for (bucket, steps), members in groups.items():
             for index, images in self._run_group(
-                [(i, requests[i]) for i in members], width, height, steps, on_step, cancelled
+                [(i, requests[i]) for i in members], bucket, steps, on_step, cancelled
             ):
                 outcomes[index] = images
         assert all(outcome is not None for outcome in outcomes)
@@ -153,8 +154,7 @@ class Generator:
     def _run_group(
         self,
         members: list[tuple[int, GenerationRequest]],
-        width: int,
-        height: int,
+        bucket: Size,
         steps: int,
         on_step: StepCallback | None,
         cancelled: RequestCheck | None,
@@ -165,7 +165,7 @@ class Generator:
         ]
         flat = [sample for group in per_request for sample in group]
         outputs = [
-            (request.width, request.height)
+            request.size
             for (_, request), samples in zip(members, per_request, strict=True)
             for _ in samples
         ]
@@ -177,8 +177,8 @@ class Generator:
                 lambda rows: list(
                     self.pipeline.latents(
                         flat[rows],
-                        width=width,
-                        height=height,
+                        width=bucket.width,
+                        height=bucket.height,
                         steps=steps,
                         on_step=on_step,
                         cancelled=check,
@@ -197,7 +197,7 @@ class Generator:
                 [flat[row] for row in kept],
                 [latents[row] for row in kept],
                 [outputs[row] for row in kept],
-                (width, height),
+                bucket,
                 steps,
                 on_step,
                 check,
@@ -213,7 +213,7 @@ class Generator:
             return [
                 outcome
                 for member in members
-                for outcome in self._run_group([member], width, height, steps, on_step, cancelled)
+                for outcome in self._run_group([member], bucket, steps, on_step, cancelled)
             ]
         images_of = dict(zip(kept, raw, strict=True))
         finished = stopped()
@@ -232,8 +232,8 @@ class Generator:
         self,
         samples: list[Sample],
         latents: list[torch.Tensor],
-        outputs: list[tuple[int, int]],
-        bucket: tuple[int, int],
+        outputs: list[Size],
+        bucket: Size,
         steps: int,
         on_step: StepCallback | None,
         cancelled: CancelCheck | None,
@@ -242,7 +242,7 @@ class Generator:
         upscaled and refined at their working size where that gains detail, in one pass
         per working size (a bucket pass may hold 2K and 4K requests of one aspect ratio),
         else decoded and resized."""
-        sizes = [self.refiner.working_size(*output) for output in outputs]
+        sizes = [self.refiner.working_size(output.width, output.height) for output in outputs]
         images: list[Image.Image | None] = [None] * len(samples)
         for size in dict.fromkeys(sizes):
             rows = [index for index, wanted in enumerate(sizes) if wanted == size]
@@ -255,8 +255,8 @@ class Generator:
                     lambda chunk, size=size, part=part, bases=bases, ends=ends: self.refiner(
                         part[chunk],
                         bases[chunk],
-                        width=size[0],
-                        height=size[1],
+                        width=size.width,
+                        height=size.height,
                         steps=steps,
                         outputs=ends[chunk],
                         on_step=on_step,
@@ -350,12 +350,13 @@ def split_point(samples: Sequence[Sample]) -> int | None:
 
 def load_generator(
     spec: ModelSpec, *, device: str | None = None, acceleration: Acceleration | None = None
-) -> Generator:
-    """Build or load ``spec``'s model on a device (CUDA float16 by default, CPU float32)."""
+) -> ImageGenerator:
+    """Build or load ``spec``'s model on a device, at the alias's precision unless
+    ``acceleration`` sets one (``auto``: float16 on CUDA, float32 on the CPU)."""
     options = acceleration or Acceleration()
     target = pick_device(device)
-    dtype = options.torch_dtype(target)
+    dtype = options.torch_dtype(target, spec.dtype)
     components = build_components(spec, dtype=dtype)
-    return Generator(
+    return ImageGenerator(
         spec, SDXLPipeline(components, device=target, dtype=dtype, acceleration=options)
     )

@@ -11,8 +11,14 @@ own reference tokens and weights, read from :class:`pipeline.attention.CallState
   SDXL ``up_blocks.0.attentions.1``, the middle attention of the lowest-resolution
   cross-attention up block, carries style; ``tiny`` has the same block under the same name);
 - a reference with a region is masked to the tokens of that region;
-- a row with no reference, or whose weights are all 0, runs the stock attention: exactly
-  the same tensors as without an adapter.
+- a row with no reference, or whose weights are all 0, runs the processor this one wraps
+  (the stock attention, on the kernel :mod:`pipeline.acceleration` chose), as it would
+  without an adapter.
+
+Rows with references compute their text attention with the helpers of
+:mod:`pipeline.attention` rather than through the wrapped processor: the reference term is
+added before the output projection, as diffusers adds it, and the wrapped processor only
+returns its output projected already.
 
 The key/value projections (``to_k_ip``, ``to_v_ip``) live in :class:`AdapterLayers`, not in
 the processors, so that re-installing processors never loses weights.
@@ -23,11 +29,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-from .attention import AttentionContext
+from .attention import AttentionContext, attend, finish, project, split_heads
 from .errors import ModelUnavailable
 
 __all__ = [
@@ -122,33 +127,42 @@ class ReferenceAttention:
         assert state.references is not None
         rows, scales = plan
         batch, tokens, _ = hidden_states.shape
-        # The text attention, as diffusers' AttnProcessor2_0 computes it.
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(
-                attention_mask, encoder_hidden_states.shape[1], batch
-            )
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(x.shape[0], -1, attn.heads, head_dim).transpose(1, 2)
-
-        query = split(query)
-        out = F.scaled_dot_product_attention(
-            query, split(key), split(value), attn_mask=attention_mask
-        )
         masks = state.reference_masks(tokens)
         weights = scales[:, None, :] if masks is None else scales[:, None, :] * masks[rows]
-        extra = self._reference_attention(attn, query[rows], state.references.tokens[rows], weights)
-        out = out.index_add(0, rows, extra.to(out.dtype))
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        return out / attn.rescale_output_factor
+        references = state.references.tokens[rows]
+        if len(rows) == batch:
+            return self._with_references(
+                attn, hidden_states, encoder_hidden_states, attention_mask, references, weights
+            )
+        # The rows without references run the processor this one wraps, on the kernel the
+        # acceleration settings chose (xformers when asked), as they would without an adapter.
+        others = state.rows_without_references(self.style_layer)
+
+        def inputs(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+            mask = None if attention_mask is None else attention_mask[index]
+            return hidden_states[index], encoder_hidden_states[index], mask
+
+        out = torch.empty_like(hidden_states)
+        out[others] = self.base(attn, *inputs(others), temb, **kwargs)
+        out[rows] = self._with_references(attn, *inputs(rows), references, weights)
+        return out
+
+    def _with_references(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        references: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        """The text attention plus the reference term, added before the output projection
+        as diffusers' ``IPAdapterAttnProcessor2_0`` adds it: the base processor returns its
+        output projected already, so these rows compute the text attention themselves."""
+        query, key, value = project(attn, hidden_states, encoder_hidden_states)
+        out = attend(attn, query, key, value, attention_mask)
+        out = out + self._reference_attention(attn, query, references, weights).to(out.dtype)
+        return finish(attn, out, hidden_states)
 
     def _reference_attention(
         self,
@@ -162,14 +176,11 @@ class ReferenceAttention:
         through its own attention call, as diffusers' ``IPAdapterAttnProcessor2_0`` computes
         a reference (the same kernel, so one reference gives its very bits). References do
         not compete for attention, and each one's weight and mask apply to its own output."""
-        rows, heads, _, head_dim = query.shape
         total = None
         for slot in range(tokens.shape[1]):
-            key = self.to_k_ip(tokens[:, slot]).view(rows, -1, heads, head_dim).transpose(1, 2)
-            value = self.to_v_ip(tokens[:, slot]).view(rows, -1, heads, head_dim).transpose(1, 2)
-            term = weights[:, None, :, slot, None] * F.scaled_dot_product_attention(
-                query, key, value
-            )
+            key = split_heads(attn, self.to_k_ip(tokens[:, slot]))
+            value = split_heads(attn, self.to_v_ip(tokens[:, slot]))
+            term = weights[:, None, :, slot, None] * attend(attn, query, key, value)
             total = term if total is None else total + term
         assert total is not None
         return total

@@ -4,14 +4,20 @@ The tokenizer is CLIP's byte-level BPE (its vocabulary ships in ``pipeline/data`
 licensed, see CLIP-LICENSE.txt there), rebuilt with the Rust ``tokenizers`` library: it
 gives the same ids as transformers' ``CLIPTokenizer``, imports in milliseconds and needs no
 model hub, so the HTTP shim can count tokens on every request.
+
+The text encoders read their prompts through :class:`PromptTokenizer`: this one, or the
+tokenizer a weights directory ships (:func:`load_tokenizer`, transformers on first use).
 """
 
 from __future__ import annotations
 
 import gzip
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
@@ -20,10 +26,13 @@ __all__ = [
     "EOS_ID",
     "LONGEST_TOKEN_BYTES",
     "VOCAB_SIZE",
+    "PromptTokenizer",
     "clip_tokenizer",
     "count_prompt_tokens",
     "enumerate_items",
     "frame_prompts",
+    "load_tokenizer",
+    "sdxl_tokenizers",
 ]
 
 VOCAB_SIZE = 49408
@@ -82,6 +91,45 @@ def clip_tokenizer() -> Tokenizer:
     )
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
+
+
+@dataclass(frozen=True)
+class PromptTokenizer:
+    """One text encoder's tokenizer as prompt windows use it: a prompt's ids without
+    BOS/EOS, and the ids each window starts, ends and is padded with."""
+
+    encode: Callable[[str], list[int]]
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+
+def sdxl_tokenizers() -> tuple[PromptTokenizer, PromptTokenizer]:
+    """SDXL's two tokenizers on :func:`clip_tokenizer`: the first pads with the end token,
+    the second with "!" (id 0)."""
+
+    def encode(prompt: str) -> list[int]:
+        return clip_tokenizer().encode(prompt).ids
+
+    first = PromptTokenizer(encode, BOS_ID, EOS_ID, pad_id=EOS_ID)
+    second = PromptTokenizer(encode, BOS_ID, EOS_ID, pad_id=0)
+    return first, second
+
+
+def load_tokenizer(folder: Path) -> PromptTokenizer:
+    """The CLIP tokenizer saved in ``folder`` (a diffusers weights directory's
+    ``tokenizer/`` or ``tokenizer_2/``), from its local files only."""
+    from transformers import CLIPTokenizer  # heavy: only a process that loads weights pays
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+
+    def encode(prompt: str) -> list[int]:
+        # Quietly past 77 tokens: long prompts are cut into windows, never truncated.
+        return tokenizer.encode(prompt, add_special_tokens=False, verbose=False)
+
+    return PromptTokenizer(
+        encode, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
 
 
 def count_prompt_tokens(prompt: str) -> int:

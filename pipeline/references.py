@@ -15,12 +15,18 @@ the Plus adapters, which read the encoder's hidden states). Without that directo
 model serves text-only requests, and a request with references fails with
 :class:`ModelUnavailable` instead of silently ignoring them.
 
-The projection is converted by diffusers' own loader
-(``UNet2DConditionLoadersMixin._convert_ip_adapter_image_proj_to_diffusers``), the same
-code ``pipe.load_ip_adapter`` runs. We do not call ``unet._load_ip_adapter_weights``: it
-installs diffusers' scalar-scale processors and makes every UNet call require image
-embeddings, while ours are per row (:mod:`pipeline.ip_adapter`) and text-only calls must
-stay as they are.
+A plain adapter's projection is diffusers' public ``ImageProjection``, built to the
+checkpoint's shapes and loaded with ``load_state_dict``. A Plus adapter's resampler goes
+through a private method of diffusers' ``UNet2DConditionLoadersMixin``,
+``_convert_ip_adapter_image_proj_to_diffusers``, the code ``pipe.load_ip_adapter`` runs:
+diffusers has no public converter from the original checkpoint's names (``to_kv`` split
+into ``to_k`` and ``to_v``, the feed-forward and norm layers renamed, the heads read from a
+shape), and a copy of those renames would be one more loader to keep in step with
+diffusers'. A test loads a Plus checkpoint through it, so an upgrade that moves it fails
+there. The public ``pipe.load_ip_adapter`` is no alternative: it replaces the UNet's
+attention processors with diffusers' scalar-scale ones and makes every UNet call require
+image embeddings, while ours are per row (:mod:`pipeline.ip_adapter`) and text-only calls
+must stay as they are.
 """
 
 from __future__ import annotations
@@ -143,6 +149,28 @@ def read_adapter(path: Path) -> AdapterState:
     return state
 
 
+def _image_projection(
+    unet: UNet2DConditionModel, state: dict[str, torch.Tensor]
+) -> torch.nn.Module:
+    """The image projection of an adapter's ``image_proj.*`` tensors (without the prefix)."""
+    if "proj.weight" not in state:
+        # Plus and the other kinds: see the module's docstring for why this is diffusers'
+        # private converter. ReferenceModels refuses the kinds it does not support.
+        return unet._convert_ip_adapter_image_proj_to_diffusers(state, low_cpu_mem_usage=False)
+    # The plain IP-Adapter: one linear layer to _TOKENS tokens, then a norm. The checkpoint
+    # calls the linear layer ``proj``; ImageProjection calls it ``image_embeds``.
+    weight = state["proj.weight"]
+    projection = ImageProjection(
+        image_embed_dim=weight.shape[1],
+        cross_attention_dim=weight.shape[0] // _TOKENS,
+        num_image_text_embeds=_TOKENS,
+    )
+    projection.load_state_dict(
+        {key.replace("proj.", "image_embeds.", 1): value for key, value in state.items()}
+    )
+    return projection
+
+
 def load_references(
     unet: UNet2DConditionModel,
     image_encoder: CLIPVisionModelWithProjection,
@@ -150,9 +178,7 @@ def load_references(
 ) -> ReferenceModels:
     """The reference models of an adapter's tensors, checked against the UNet and the
     encoder."""
-    projection = unet._convert_ip_adapter_image_proj_to_diffusers(
-        adapter["image_proj"], low_cpu_mem_usage=False
-    )
+    projection = _image_projection(unet, adapter["image_proj"])
     models = ReferenceModels(image_encoder, projection, AdapterLayers(unet, adapter["ip_adapter"]))
     config = image_encoder.config
     if isinstance(projection, ImageProjection):

@@ -36,6 +36,7 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
+from .geometry import Offset, Size
 from .sdxl import (
     CancelCheck,
     Conditioning,
@@ -137,7 +138,7 @@ class Refiner:
         self.tile = base_resolution // pipeline.vae_scale
         self.overlap = self.tile // 4
 
-    def working_size(self, width: int, height: int) -> tuple[int, int]:
+    def working_size(self, width: int, height: int) -> Size:
         """The pixels an output of ``width x height`` is refined at: the output itself for
         SDXL, scaled for smaller models, rounded to the pipeline's pixel multiple."""
         multiple = self.pipeline.pixel_multiple
@@ -146,11 +147,11 @@ class Refiner:
         def fit(side: int) -> int:
             return max(multiple, round(side * scale / multiple) * multiple)
 
-        return fit(width), fit(height)
+        return Size(width=fit(width), height=fit(height))
 
-    def needed(self, bucket: tuple[int, int], size: tuple[int, int]) -> bool:
+    def needed(self, bucket: Size, size: Size) -> bool:
         """Whether images generated at ``bucket`` gain from refinement at ``size``."""
-        return size[0] * size[1] > MIN_AREA * bucket[0] * bucket[1]
+        return size.area > MIN_AREA * bucket.area
 
     @torch.inference_mode()
     def __call__(
@@ -161,13 +162,13 @@ class Refiner:
         width: int,
         height: int,
         steps: int,
-        outputs: Sequence[tuple[int, int]],
+        outputs: Sequence[Size],
         on_step: StepCallback | None = None,
         cancelled: CancelCheck | None = None,
     ) -> list[Image.Image]:
         """The images of bucket ``latents`` (one per sample) refined at ``width x height``
-        and resized to their ``outputs`` (width, height). A sample that ``cancelled``
-        stops leaves the batch; its image is unfinished, for the caller to drop."""
+        and resized to their ``outputs``. A sample that ``cancelled`` stops leaves the
+        batch; its image is unfinished, for the caller to drop."""
         self.pipeline.check_inputs(samples, width, height, steps)
         bucket_area = self.base_resolution**2
         if width * height > WHOLE_AREA * bucket_area:
@@ -198,7 +199,7 @@ class Refiner:
         width: int,
         height: int,
         steps: int,
-        outputs: Sequence[tuple[int, int]],
+        outputs: Sequence[Size],
         on_step: StepCallback | None,
         cancelled: CancelCheck | None,
         *,
@@ -237,7 +238,8 @@ class Refiner:
         upscaled = []
         with vae_tiling(self.pipeline.components.vae):
             for sample_latents in latents:
-                pixels = resize_pixels(self.pipeline.decode_pixels(sample_latents), (width, height))
+                pixels = self.pipeline.decode_pixels(sample_latents)
+                pixels = resize_pixels(pixels, Size(width=width, height=height))
                 upscaled.append(self.pipeline.encode_pixels(pixels))
         return torch.stack(upscaled)
 
@@ -249,7 +251,7 @@ class Refiner:
             self.pipeline.predict_noise,
             tiles,
             self.overlap,
-            image_size=(width, height),
+            image_size=Size(width=width, height=height),
             scale=self.pipeline.vae_scale,
             device=self.pipeline.device,
         )
@@ -264,7 +266,7 @@ class TiledPredictor:
         tiles: Sequence[Tile],
         overlap: int,
         *,
-        image_size: tuple[int, int],
+        image_size: Size,
         scale: int,
         device: torch.device,
     ) -> None:
@@ -292,8 +294,8 @@ class TiledPredictor:
         scale = self.scale
         return cond.with_size(
             original=self.image_size,
-            crop=(tile.left * scale, tile.top * scale),
-            target=(tile.width * scale, tile.height * scale),
+            crop=Offset(left=tile.left * scale, top=tile.top * scale),
+            target=Size(width=tile.width * scale, height=tile.height * scale),
         )
 
     def __call__(

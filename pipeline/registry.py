@@ -4,21 +4,46 @@
 the SDXL architecture with a small configuration and random weights, built in memory, so
 the whole service runs offline on a CPU (its images are noise). ``sdxl-random`` is the
 full SDXL configuration with random weights: SDXL's exact compute, for benchmarks.
+
+Each alias also names its scheduler, its precision and its tokenizers. A weights
+directory's own ``tokenizer/`` and ``tokenizer_2/`` are used where it has them; the random
+models, and a directory without them, use CLIP's BPE that ships in ``pipeline/data``
+(SDXL's vocabulary for both text encoders).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ModelUnavailable
 
-__all__ = ["PUBLIC_ALIAS", "ModelSpec", "ModelRegistry", "TINY", "SDXL_RANDOM"]
+__all__ = [
+    "CLIP_TOKENIZER",
+    "DType",
+    "PUBLIC_ALIAS",
+    "SDXL_RANDOM",
+    "TINY",
+    "WEIGHTS_TOKENIZER",
+    "ModelRegistry",
+    "ModelSpec",
+    "SchedulerName",
+    "TokenizerSource",
+]
 
 PUBLIC_ALIAS = "xSD4.5"
 TINY = "tiny"
 SDXL_RANDOM = "sdxl-random"
+
+# Precision of the UNet and text encoders; auto: float16 on CUDA, else float32.
+DType = Literal["auto", "float16", "bfloat16", "float32"]
+# Denoising schedulers by name (pipeline.components maps them to diffusers classes).
+SchedulerName = Literal["euler"]
+# CLIP's BPE from pipeline/data for both encoders, or the weights directory's tokenizers.
+CLIP_TOKENIZER = "clip"
+WEIGHTS_TOKENIZER = "weights"
+TokenizerSource = Literal["clip", "weights"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +56,16 @@ class ModelSpec:
     base_resolution: int
     bucket_multiple: int
     description: str
+    scheduler: SchedulerName
+    # The model's precision; XSD_DTYPE, when set, overrides it (pipeline.acceleration).
+    dtype: DType
+    # WEIGHTS_TOKENIZER: <weights>/tokenizer and <weights>/tokenizer_2, each where present,
+    # else CLIP_TOKENIZER's.
+    tokenizer: TokenizerSource
+
+    def __post_init__(self) -> None:
+        if self.tokenizer == WEIGHTS_TOKENIZER and self.kind != "weights":
+            raise ValueError(f"{self.alias}: only a weights directory has its own tokenizers.")
 
     @property
     def kind(self) -> str:
@@ -57,6 +92,9 @@ def _tiny(alias: str) -> ModelSpec:
         bucket_multiple=4,
         description="SDXL architecture, tiny configuration, random weights: offline testing "
         "only, its images are noise.",
+        scheduler="euler",
+        dtype="auto",
+        tokenizer=CLIP_TOKENIZER,
     )
 
 
@@ -68,6 +106,10 @@ def _sdxl(alias: str, source: str | Path, description: str) -> ModelSpec:
         base_resolution=1024,
         bucket_multiple=64,
         description=description,
+        # SDXL base 1.0's: Euler, float16 on CUDA, and the tokenizers its directory ships.
+        scheduler="euler",
+        dtype="auto",
+        tokenizer=WEIGHTS_TOKENIZER if isinstance(source, Path) else CLIP_TOKENIZER,
     )
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from .geometry import Size
+
 __all__ = ["MAX_REFERENCES", "GenerationRequest"]
 
 # The spec's limit of reference images per request.
@@ -33,3 +35,8 @@ class GenerationRequest:
     references: tuple[Image.Image, ...] = field(default=(), compare=False)
     sequential: bool = False
     steps: int | None = None
+
+    @property
+    def size(self) -> Size:
+        """The images' size, ``width x height``."""
+        return Size(width=self.width, height=self.height)

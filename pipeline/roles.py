@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .geometry import Box
+
 __all__ = [
     "KINDS",
     "REGIONS",
@@ -36,15 +38,15 @@ __all__ = [
 SUBJECT, FACE, OUTFIT, STYLE = "subject", "face", "outfit", "style"
 KINDS = (SUBJECT, FACE, OUTFIT, STYLE)
 REGIONS = ("left", "right", "top", "bottom", "center", "background")
-# Each region's box, (top, left, bottom, right) as fractions of the image. The background
-# box is the whole image: its mask is what the other regions of the sample leave.
+# Each region's box. The background box is the whole image: its mask is what the other
+# regions of the sample leave.
 REGION_BOXES = {
-    "left": (0.0, 0.0, 1.0, 0.5),
-    "right": (0.0, 0.5, 1.0, 1.0),
-    "top": (0.0, 0.0, 0.5, 1.0),
-    "bottom": (0.5, 0.0, 1.0, 1.0),
-    "center": (0.25, 0.25, 0.75, 0.75),
-    "background": (0.0, 0.0, 1.0, 1.0),
+    "left": Box(top=0.0, left=0.0, bottom=1.0, right=0.5),
+    "right": Box(top=0.0, left=0.5, bottom=1.0, right=1.0),
+    "top": Box(top=0.0, left=0.0, bottom=0.5, right=1.0),
+    "bottom": Box(top=0.5, left=0.0, bottom=1.0, right=1.0),
+    "center": Box(top=0.25, left=0.25, bottom=0.75, right=0.75),
+    "background": Box(top=0.0, left=0.0, bottom=1.0, right=1.0),
 }
 
 # IP-Adapter scale per kind. Each reference attends on its own and adds its own output, so

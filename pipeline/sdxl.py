@@ -36,6 +36,7 @@ from .attention import FULL_VIEW, AttentionContext, CallState, FrameGroup, Refer
 from .components import Components
 from .consistency import ConsistencyConfig, install_consistency
 from .errors import InvalidInput, ModelUnavailable, PipelineError
+from .geometry import Box, Offset, Size
 from .ip_adapter import install_ip_adapter
 from .references import ReferenceModels
 from .roles import KINDS, REGION_BOXES, REGIONS, STYLE, ReferenceRole
@@ -54,6 +55,7 @@ __all__ = [
     "frame_groups",
     "resize_pixels",
     "rows_stopped",
+    "size_ids",
 ]
 
 # Called after each denoising step with (step index, seconds the step took).
@@ -105,27 +107,23 @@ class Conditioning:
     guidance: torch.Tensor  # [B, 1, 1, 1]
     references: ReferenceTokens | None = None  # None: no sample has references
     frame_groups: tuple[FrameGroup, ...] = ()  # groups of two frames or more
-    # The part of the whole image the latents cover, (top, left, bottom, right) as
-    # fractions: reference regions ("on the left") are placed in whole-image coordinates.
-    view: tuple[float, float, float, float] = FULL_VIEW
+    # The part of the whole image the latents cover: reference regions ("on the left") are
+    # placed in whole-image coordinates.
+    view: Box = FULL_VIEW
 
-    def with_size(
-        self, *, original: tuple[int, int], crop: tuple[int, int], target: tuple[int, int]
-    ) -> Conditioning:
-        """The same conditioning with other SDXL size ids (the ids are in height, width
-        order; the arguments are (width, height) and ``crop`` is (left, top)): tiles of a
-        large image are crops of it, a ``target``-sized tile at ``crop`` of an ``original``
-        image. Reference regions ("on the left") follow the tile's place in the image."""
-        ids = [original[1], original[0], crop[1], crop[0], target[1], target[0]]
+    def with_size(self, *, original: Size, crop: Offset, target: Size) -> Conditioning:
+        """The same conditioning with other SDXL size ids: tiles of a large image are crops
+        of it, a ``target``-sized tile at ``crop`` of an ``original`` image. Reference
+        regions ("on the left") follow the tile's place in the image."""
+        ids = size_ids(original=original, crop=crop, target=target)
         time_ids = torch.tensor([ids], device=self.time_ids.device, dtype=self.time_ids.dtype)
-        left, top = crop[0] / original[0], crop[1] / original[1]
-        right = min(1.0, (crop[0] + target[0]) / original[0])
-        bottom = min(1.0, (crop[1] + target[1]) / original[1])
-        return replace(
-            self,
-            time_ids=time_ids.repeat(self.time_ids.shape[0], 1),
-            view=(top, left, bottom, right),
+        view = Box(
+            top=crop.top / original.height,
+            left=crop.left / original.width,
+            bottom=min(1.0, (crop.top + target.height) / original.height),
+            right=min(1.0, (crop.left + target.width) / original.width),
         )
+        return replace(self, time_ids=time_ids.repeat(self.time_ids.shape[0], 1), view=view)
 
     def select(self, rows: Sequence[int]) -> Conditioning:
         """The conditioning of the samples at ``rows`` only (both guidance halves), for a
@@ -234,7 +232,9 @@ class SDXLPipeline:
         size ids and per-sample guidance."""
         cond = self.encoder.encode([s.prompt for s in samples])
         uncond = cond.zeros_like()
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device)
+        size = Size(width=width, height=height)
+        ids = size_ids(original=size, crop=Offset(left=0, top=0), target=size)
+        time_ids = torch.tensor([ids], device=self.device)
         return Conditioning(
             states=torch.cat([uncond.states, cond.states]).to(self.dtype),
             pooled=torch.cat([uncond.pooled, cond.pooled]).to(self.dtype),
@@ -336,7 +336,7 @@ class SDXLPipeline:
             references=cond.references,
             frame_groups=cond.frame_groups,
             view=cond.view,
-            latent_size=(latents.shape[-2], latents.shape[-1]),
+            latent_size=Size(width=latents.shape[-1], height=latents.shape[-2]),
             timestep=float(timestep),
         )
         with self.attention.active(state):
@@ -395,13 +395,12 @@ class SDXLPipeline:
         return latents
 
     def decode(
-        self, latents: torch.Tensor, *, sizes: Sequence[tuple[int, int]] | None = None
+        self, latents: torch.Tensor, *, sizes: Sequence[Size] | None = None
     ) -> list[Image.Image]:
         """Latents to images, one sample at a time (VAE activations at full resolution are
-        the largest tensors of the whole call), each resized to its ``sizes`` entry
-        (width, height) before its pixels are rounded to bytes: rounded first, a pixel's
-        last-bit difference between batch sizes could flip a byte that the resize then
-        spreads and amplifies."""
+        the largest tensors of the whole call), each resized to its ``sizes`` entry before
+        its pixels are rounded to bytes: rounded first, a pixel's last-bit difference
+        between batch sizes could flip a byte that the resize then spreads and amplifies."""
         images = []
         for index, sample_latents in enumerate(latents):
             pixels = self.decode_pixels(sample_latents)
@@ -468,15 +467,20 @@ class SDXLPipeline:
         return self.decode(latents)
 
 
-def resize_pixels(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Float pixels ``[3, H, W]`` in [-1, 1] resized to ``size`` (width, height): bicubic,
-    antialiased when shrinking."""
-    if (pixels.shape[-1], pixels.shape[-2]) == size:
+def resize_pixels(pixels: torch.Tensor, size: Size) -> torch.Tensor:
+    """Float pixels ``[3, H, W]`` in [-1, 1] resized to ``size``: bicubic, antialiased
+    when shrinking."""
+    if Size(width=pixels.shape[-1], height=pixels.shape[-2]) == size:
         return pixels
-    resized = F.interpolate(pixels[None], size=(size[1], size[0]), mode="bicubic", antialias=True)[
-        0
-    ]
+    shape = (size.height, size.width)
+    resized = F.interpolate(pixels[None], size=shape, mode="bicubic", antialias=True)[0]
     return resized.clamp(-1, 1)
+
+
+def size_ids(*, original: Size, crop: Offset, target: Size) -> list[int]:
+    """SDXL's six size conditioning ids: the original image's size, the crop's top-left
+    corner in it and the target size, each pair height (or top) first."""
+    return [original.height, original.width, crop.top, crop.left, target.height, target.width]
 
 
 def rows_stopped(samples: Sequence[Sample], cancelled: CancelCheck | None) -> RowCheck | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .components import Components
-from .prompts import BOS_ID, EOS_ID, clip_tokenizer
+from .prompts import PromptTokenizer
 
 __all__ = ["WINDOW", "PromptEmbeddings", "PromptEncoder"]
 
@@ -45,21 +45,27 @@ class PromptEncoder:
         self._components = components
         self._device = device
 
-    def _windows(self, prompt: str, pad_id: int) -> list[list[int]]:
-        ids = clip_tokenizer().encode(prompt).ids
+    def _windows(self, prompt: str, tokenizer: PromptTokenizer) -> list[list[int]]:
+        ids = tokenizer.encode(prompt)
         bodies = [ids[i : i + _BODY] for i in range(0, len(ids), _BODY)] or [[]]
-        return [[BOS_ID, *body, EOS_ID] + [pad_id] * (_BODY - len(body)) for body in bodies]
+        return [
+            [tokenizer.bos_id, *body, tokenizer.eos_id] + [tokenizer.pad_id] * (_BODY - len(body))
+            for body in bodies
+        ]
 
     def _encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """States [windows * 77, D] and pooled [P] of one prompt."""
         parts, pooled = [], None
-        encoders = (self._components.text_encoder, self._components.text_encoder_2)
-        for encoder, pad_id in zip(encoders, self._components.pad_ids, strict=True):
-            ids = torch.tensor(self._windows(prompt, pad_id), device=self._device)
+        components = self._components
+        for encoder, tokenizer in (
+            (components.text_encoder, components.tokenizer),
+            (components.text_encoder_2, components.tokenizer_2),
+        ):
+            ids = torch.tensor(self._windows(prompt, tokenizer), device=self._device)
             output = encoder(ids, output_hidden_states=True)
             # SDXL conditions on the penultimate layer of both encoders.
             parts.append(output.hidden_states[-2].reshape(-1, output.hidden_states[-2].shape[-1]))
-            if encoder is self._components.text_encoder_2:
+            if encoder is components.text_encoder_2:
                 # The pooled vector of the first window carries the prompt's opening,
                 # where SDXL prompts put their subject.
                 pooled = output.text_embeds[0]

@@ -34,17 +34,17 @@ from .claiming import Claimed, LeaseKeeper, claim_all, fail_claimed
 from .uploading import Uploader
 
 if TYPE_CHECKING:
-    from pipeline import Generator
+    from pipeline import ImageGenerator
 
 __all__ = ["run_batch", "generator_for"]
 
 log = logging.getLogger(__name__)
 
-_generators: dict[str, Generator] = {}
+_generators: dict[str, ImageGenerator] = {}
 _generators_lock = threading.Lock()
 
 
-def generator_for(runtime: Runtime, alias: str) -> Generator:
+def generator_for(runtime: Runtime, alias: str) -> ImageGenerator:
     """The loaded pipeline for a model alias, loaded once per process."""
     with _generators_lock:
         if alias not in _generators:
@@ -141,7 +141,7 @@ def _run_model(runtime: Runtime, state: _Worker, model: str, jobs: list[Claimed]
             _fail_unsettled(state, members)
 
 
-def _run_pass(state: _Worker, generator: Generator, jobs: list[Claimed]) -> None:
+def _run_pass(state: _Worker, generator: ImageGenerator, jobs: list[Claimed]) -> None:
     requests = [job.request for job in jobs]
     assert all(request is not None for request in requests), "unsettled jobs have requests"
     images = sum(len(request.seeds) for request in requests)
@@ -195,7 +195,7 @@ def _fail_unsettled(state: _Worker, jobs: list[Claimed]) -> None:
             )
 
 
-def _pixel_budget(runtime: Runtime, generator: Generator) -> int:
+def _pixel_budget(runtime: Runtime, generator: ImageGenerator) -> int:
     # The budget is set in SDXL pixels (8 MP = eight 1024x1024 images); a model with a
     # smaller base resolution (tiny) gets the same number of images per pass.
     return runtime.settings.gpu_pixel_budget * generator.spec.base_resolution**2 // 1024**2

@@ -3,13 +3,20 @@ diffusers ~3 s)."""
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING
+
 import pytest
 
-from pipeline import GenerationRequest, Generator, ModelRegistry, load_generator
+from pipeline import GenerationRequest, ImageGenerator, ModelRegistry, load_generator
+from pipeline.prompts import clip_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 
 @pytest.fixture(scope="session")
-def tiny() -> Generator:
+def tiny() -> ImageGenerator:
     return load_generator(ModelRegistry.from_config(None).get("xSD4.5"), device="cpu")
 
 
@@ -24,3 +31,14 @@ def request(**changes) -> GenerationRequest:
         guidance_scale=7.5,
     )
     return GenerationRequest(**{**base, **changes})
+
+
+def clip_tokenizers() -> tuple[CLIPTokenizer, CLIPTokenizer]:
+    """SDXL's two tokenizers from our CLIP vocabulary (no hub); the second pads with "!"."""
+    from transformers import CLIPTokenizer
+
+    model = json.loads(clip_tokenizer().to_str())["model"]
+    merges = [tuple(pair) for pair in model["merges"]]
+    first = CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=77)
+    second = CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=77, pad_token="!")
+    return first, second

@@ -20,6 +20,13 @@ def test_auto_precision_is_half_on_cuda_only() -> None:
     assert Acceleration(dtype="bfloat16").torch_dtype(torch.device("cuda")) == torch.bfloat16
 
 
+def test_the_model_precision_applies_unless_xsd_dtype_is_set() -> None:
+    cpu = torch.device("cpu")
+    assert Acceleration().torch_dtype(cpu, "bfloat16") == torch.bfloat16
+    assert Acceleration(dtype="float32").torch_dtype(cpu, "bfloat16") == torch.float32
+    assert Acceleration().torch_dtype(torch.device("cuda"), "auto") == torch.float16
+
+
 def test_xformers_needs_cuda_and_the_package() -> None:
     with pytest.raises(ModelUnavailable, match="xformers"):
         load_generator(TINY, device="cpu", acceleration=Acceleration(attention="xformers"))

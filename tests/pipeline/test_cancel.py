@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import Generator, RequestCancelled
+from pipeline import ImageGenerator, RequestCancelled
 
 from .conftest import request
 
@@ -19,7 +19,7 @@ def pixels(image: Image.Image) -> np.ndarray:
 class UNetCalls:
     """Counts the pipeline's guided UNet evaluations and the rows each one saw."""
 
-    def __init__(self, tiny: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, tiny: ImageGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
         self.rows: list[int] = []
         real = tiny.pipeline.predict_noise
 
@@ -31,7 +31,7 @@ class UNetCalls:
 
 
 def test_a_stopped_request_leaves_the_batch_and_the_others_are_unchanged(
-    tiny: Generator, monkeypatch: pytest.MonkeyPatch
+    tiny: ImageGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     jobs = [
         request(request_id="req_a", seeds=(1,)),
@@ -55,7 +55,7 @@ def test_a_stopped_request_leaves_the_batch_and_the_others_are_unchanged(
 
 
 def test_a_request_stopped_while_refined_in_tiles(
-    tiny: Generator, monkeypatch: pytest.MonkeyPatch
+    tiny: ImageGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A wide 4K strip refines in a few tiles; of six steps the refinement redraws two.
     keep = request(request_id="req_keep", width=4096, height=1280, seeds=(5,), steps=6)
@@ -76,7 +76,7 @@ def test_a_request_stopped_while_refined_in_tiles(
 
 
 def test_stopping_every_request_ends_the_pass_at_once(
-    tiny: Generator, monkeypatch: pytest.MonkeyPatch
+    tiny: ImageGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = UNetCalls(tiny, monkeypatch)
     outcomes = tiny.generate_batch(
@@ -88,7 +88,7 @@ def test_stopping_every_request_ends_the_pass_at_once(
 
 
 def test_a_stopped_series_leaves_with_all_its_frames(
-    tiny: Generator, monkeypatch: pytest.MonkeyPatch
+    tiny: ImageGenerator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other = request(request_id="req_other", seeds=(9,))
     series = request(

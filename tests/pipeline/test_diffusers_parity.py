@@ -11,7 +11,6 @@ attention and VAE decode.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +18,12 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
-from transformers import CLIPTokenizer
 
-from pipeline import Generator
+from pipeline import ImageGenerator
 from pipeline.components import _adapter_generator, build_components
-from pipeline.prompts import clip_tokenizer
 from pipeline.references import ADAPTER_FILE, random_adapter, write_adapter
 
-from .conftest import request
+from .conftest import clip_tokenizers, request
 
 # tiny's square bucket and its bucket for 1152x896, wider than the VAE's 64 px sample size
 # (where diffusers' VAE tiling, when switched on, would engage).
@@ -45,18 +42,9 @@ def reference() -> Image.Image:
     return Image.fromarray((rng.random((60, 80, 3)) * 255).astype("uint8"))
 
 
-def clip_tokenizers() -> tuple[CLIPTokenizer, CLIPTokenizer]:
-    """SDXL's two tokenizers from our CLIP vocabulary (no hub); the second pads with "!"."""
-    model = json.loads(clip_tokenizer().to_str())["model"]
-    merges = [tuple(pair) for pair in model["merges"]]
-    first = CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=77)
-    second = CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=77, pad_token="!")
-    return first, second
-
-
 @pytest.fixture(scope="module")
 def diffusers_pipelines(
-    tiny: Generator, tmp_path_factory: pytest.TempPathFactory
+    tiny: ImageGenerator, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[bool, StableDiffusionXLPipeline]:
     """diffusers' pipeline without and with the IP-Adapter (once loaded, its UNet needs
     image embeddings on every call), each on its own copy of tiny's components
@@ -100,7 +88,7 @@ def diffusers_pipelines(
 @pytest.mark.parametrize("with_reference", [False, True], ids=["text", "reference"])
 @pytest.mark.parametrize("size", SIZES, ids=["square", "non-square"])
 def test_bucket_images_equal_diffusers(
-    tiny: Generator,
+    tiny: ImageGenerator,
     diffusers_pipelines: dict[bool, StableDiffusionXLPipeline],
     reference: Image.Image,
     size: tuple[int, int],

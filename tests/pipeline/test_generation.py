@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import Generator, InvalidInput, encode_png
+from pipeline import ImageGenerator, InvalidInput, encode_png
 from pipeline.refine import STRENGTH
 from pipeline.sdxl import Sample
 from pipeline.text import WINDOW
@@ -22,26 +22,26 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
-def test_same_request_same_bytes(tiny: Generator) -> None:
+def test_same_request_same_bytes(tiny: ImageGenerator) -> None:
     first = tiny.generate(request())
     second = tiny.generate(request())
     assert encode_png(first[0], text={}) == encode_png(second[0], text={})
 
 
-def test_seed_and_prompt_change_the_image(tiny: Generator) -> None:
+def test_seed_and_prompt_change_the_image(tiny: ImageGenerator) -> None:
     base = pixels(tiny.generate(request())[0])
     assert np.abs(base - pixels(tiny.generate(request(seeds=(8,)))[0])).mean() > 1
     assert np.abs(base - pixels(tiny.generate(request(prompt="a red fox"))[0])).mean() > 0.1
 
 
-def test_image_in_a_batch_equals_alone(tiny: Generator) -> None:
+def test_image_in_a_batch_equals_alone(tiny: ImageGenerator) -> None:
     batch = tiny.generate(request(seeds=(7, 8, 9)))
     alone = tiny.generate(request(seeds=(8,)))
     assert np.abs(pixels(batch[1]) - pixels(alone[0])).max() <= 1
     assert np.abs(pixels(batch[0]) - pixels(batch[1])).mean() > 1
 
 
-def test_mixed_batch_is_invariant(tiny: Generator) -> None:
+def test_mixed_batch_is_invariant(tiny: ImageGenerator) -> None:
     """Different prompts (one longer than 77 tokens), seeds and guidance in one batch."""
     long_prompt = "a lighthouse " + "with many windows " * 40
     samples = [
@@ -55,7 +55,7 @@ def test_mixed_batch_is_invariant(tiny: Generator) -> None:
         assert np.abs(pixels(image) - pixels(single)).max() <= 1
 
 
-def test_long_prompts_are_not_truncated(tiny: Generator) -> None:
+def test_long_prompts_are_not_truncated(tiny: ImageGenerator) -> None:
     words = "a lighthouse on a cliff " * 20  # about 100 tokens
     assert len(words.split()) > WINDOW
     first = tiny.generate(request(prompt=words + "at dawn"))
@@ -66,12 +66,12 @@ def test_long_prompts_are_not_truncated(tiny: Generator) -> None:
 @pytest.mark.parametrize(
     "size", [(2048, 2048), (2560, 1440), (1440, 2560), (1664, 2496), (8192, 512)]
 )
-def test_exact_output_sizes(tiny: Generator, size: tuple[int, int]) -> None:
+def test_exact_output_sizes(tiny: ImageGenerator, size: tuple[int, int]) -> None:
     (image,) = tiny.generate(request(width=size[0], height=size[1]))
     assert image.size == size and image.mode == "RGB"
 
 
-def test_watermark_marks_only_the_corner(tiny: Generator) -> None:
+def test_watermark_marks_only_the_corner(tiny: ImageGenerator) -> None:
     plain = pixels(tiny.generate(request())[0])
     marked = pixels(tiny.generate(request(watermark=True))[0])
     diff = np.abs(plain - marked).sum(axis=2)
@@ -80,7 +80,7 @@ def test_watermark_marks_only_the_corner(tiny: Generator) -> None:
     assert xs.min() > 2048 * 0.85 and ys.min() > 2048 * 0.9
 
 
-def test_png_carries_provenance(tiny: Generator) -> None:
+def test_png_carries_provenance(tiny: ImageGenerator) -> None:
     (image,) = tiny.generate(request())
     data = encode_png(image, text={"xsd:requestId": "req_1", "xsd:model": "xSD4.5"})
     read = Image.open(io.BytesIO(data))
@@ -96,12 +96,12 @@ def test_png_carries_provenance(tiny: Generator) -> None:
         ({"prompt": "  "}, "prompt"),
     ],
 )
-def test_inputs_are_checked_first(tiny: Generator, changes: dict, match: str) -> None:
+def test_inputs_are_checked_first(tiny: ImageGenerator, changes: dict, match: str) -> None:
     with pytest.raises(InvalidInput, match=match):
         tiny.generate(request(**changes))
 
 
-def test_weights_are_identical_across_processes(tiny: Generator) -> None:
+def test_weights_are_identical_across_processes(tiny: ImageGenerator) -> None:
     code = (
         "from pipeline import ModelRegistry, load_generator;"
         "g = load_generator(ModelRegistry.from_config(None).get('xSD4.5'), device='cpu');"
@@ -112,7 +112,7 @@ def test_weights_are_identical_across_processes(tiny: Generator) -> None:
     assert float(out.stdout.strip()) == here
 
 
-def test_step_callback(tiny: Generator) -> None:
+def test_step_callback(tiny: ImageGenerator) -> None:
     steps: list[int] = []
     tiny.generate(request(steps=10), on_step=lambda index, seconds: steps.append(index))
     # The ten steps at the bucket, then the refinement's share of a ten-step schedule.

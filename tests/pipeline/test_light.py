@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from PIL import Image
 
 from pipeline import (
     LONGEST_TOKEN_BYTES,
+    GenerationRequest,
     InvalidImage,
     ModelRegistry,
     ModelUnavailable,
@@ -25,6 +27,7 @@ from pipeline import (
     derive_seed,
     enumerate_items,
 )
+from pipeline.geometry import Size
 from pipeline.prompts import clip_tokenizer
 from tests.fixtures.imports import HEAVY, modules_loaded_by
 
@@ -58,6 +61,15 @@ def test_bucket_areas_and_multiples() -> None:
         assert abs(w * h - 1024**2) / 1024**2 < 0.1
     assert bucket_for(2048, 2048, base=64, multiple=4) == (64, 64)
     assert bucket_for(2560, 1440, base=64, multiple=4) == (84, 48)
+
+
+def test_sizes_name_their_order() -> None:
+    bucket = bucket_for(2560, 1440, base=64, multiple=4)
+    assert (bucket.width, bucket.height, bucket.area) == (84, 48, 84 * 48)
+    job = GenerationRequest(
+        request_id="r", model="m", prompt="p", width=2560, height=1440, seeds=(1,), guidance_scale=5
+    )
+    assert job.size == Size(width=2560, height=1440)
 
 
 def test_derive_seed() -> None:
@@ -196,6 +208,17 @@ def test_registry(tmp_path: Path) -> None:
     bench = ModelRegistry.from_config(None, include_benchmark_models=True)
     assert bench.aliases() == ["xSD4.5", "tiny", "sdxl-random"]
     assert [m["alias"] for m in registry.describe()] == ["xSD4.5"]
+
+
+def test_registry_entries_name_scheduler_precision_and_tokenizers(tmp_path: Path) -> None:
+    bench = ModelRegistry.from_config(None, include_benchmark_models=True)
+    for alias in bench.aliases():
+        spec = bench.get(alias)
+        assert (spec.scheduler, spec.dtype, spec.tokenizer) == ("euler", "auto", "clip")
+    weights = ModelRegistry.from_config(tmp_path / "sdxl").get("xSD4.5")
+    assert (weights.scheduler, weights.dtype, weights.tokenizer) == ("euler", "auto", "weights")
+    with pytest.raises(ValueError, match="only a weights directory"):
+        replace(bench.get("tiny"), tokenizer="weights")
 
 
 def test_sdxl_random_has_sdxl_size() -> None:

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import Generator
+from pipeline import ImageGenerator
+from pipeline.geometry import Offset, Size
 from pipeline.refine import Tile, TiledPredictor, chunks, tile_grid
-from pipeline.sdxl import Sample
+from pipeline.sdxl import Sample, size_ids
 
 from .conftest import request
 
@@ -39,7 +40,18 @@ def test_one_tile_when_the_latent_fits() -> None:
     assert tile_grid(32, 24, tile=32, overlap=8) == [Tile(0, 0, 32, 24)]
 
 
-def test_blended_tiles_reproduce_a_position_independent_prediction(tiny: Generator) -> None:
+def test_size_ids_are_height_first() -> None:
+    """SDXL's ids: original (height, width), crop corner (top, left), target (height,
+    width)."""
+    ids = size_ids(
+        original=Size(width=256, height=192),
+        crop=Offset(left=64, top=32),
+        target=Size(width=128, height=96),
+    )
+    assert ids == [192, 256, 32, 64, 96, 128]
+
+
+def test_blended_tiles_reproduce_a_position_independent_prediction(tiny: ImageGenerator) -> None:
     """With a prediction that does not depend on context, blending the tiles must give
     it back exactly: the weights cover every latent pixel and sum to one."""
     refiner = tiny.refiner
@@ -51,7 +63,7 @@ def test_blended_tiles_reproduce_a_position_independent_prediction(tiny: Generat
         lambda x, t, c: 2 * x,
         tiled.tiles,
         refiner.overlap,
-        image_size=(256, 192),
+        image_size=Size(256, 192),
         scale=tiny.pipeline.vae_scale,
         device=torch.device("cpu"),
     )
@@ -61,12 +73,12 @@ def test_blended_tiles_reproduce_a_position_independent_prediction(tiny: Generat
 
 
 @pytest.mark.parametrize("size", FOUR_K)
-def test_4k_outputs_have_exact_sizes(tiny: Generator, size: tuple[int, int]) -> None:
+def test_4k_outputs_have_exact_sizes(tiny: ImageGenerator, size: tuple[int, int]) -> None:
     (image,) = tiny.generate(request(width=size[0], height=size[1]))
     assert image.size == size and image.mode == "RGB"
 
 
-def test_4k_runs_the_unet_on_bucket_sized_tiles(tiny: Generator, monkeypatch) -> None:
+def test_4k_runs_the_unet_on_bucket_sized_tiles(tiny: ImageGenerator, monkeypatch) -> None:
     """Memory stays that of a bucket pass: no UNet call sees more than a tile, and the
     VAE tiles its work: the upscale's encodes and the refined images' decodes, one image
     at a time (tiling is off again afterwards, for the bucket images)."""
@@ -102,7 +114,7 @@ def test_4k_runs_the_unet_on_bucket_sized_tiles(tiny: Generator, monkeypatch) ->
     assert not vae.use_tiling
 
 
-def test_refinement_adds_detail_beyond_a_resize(tiny: Generator) -> None:
+def test_refinement_adds_detail_beyond_a_resize(tiny: ImageGenerator) -> None:
     job = request(width=2048, height=2048)
     (refined,) = tiny.generate(job)
     bucket = tiny.bucket(job)
@@ -112,7 +124,7 @@ def test_refinement_adds_detail_beyond_a_resize(tiny: Generator) -> None:
     assert difference > 2, difference
 
 
-def test_refinement_is_batch_invariant_and_mixes_output_sizes(tiny: Generator) -> None:
+def test_refinement_is_batch_invariant_and_mixes_output_sizes(tiny: ImageGenerator) -> None:
     """A 2K and a 4K request of one aspect ratio share the bucket pass, then refine at
     their own sizes; each equals itself generated alone."""
     two_k = request(width=2048, height=2048, seeds=(5,))
@@ -128,7 +140,7 @@ def test_refinement_is_batch_invariant_and_mixes_output_sizes(tiny: Generator) -
         assert np.abs(pixels(mixed) - pixels(alone)).max() <= 1
 
 
-def test_out_of_memory_while_refining_splits_the_work(tiny: Generator, monkeypatch) -> None:
+def test_out_of_memory_while_refining_splits_the_work(tiny: ImageGenerator, monkeypatch) -> None:
     calls: list[int] = []
     real = tiny.refiner.__class__.__call__
 
@@ -158,7 +170,7 @@ def test_whole_refinement_chunks_keep_frames_together() -> None:
     assert chunks(samples, 1) == [(0, 1), (1, 4), (4, 5), (5, 6)]
 
 
-def test_frames_with_references_refine_in_tiles(tiny: Generator) -> None:
+def test_frames_with_references_refine_in_tiles(tiny: ImageGenerator) -> None:
     """A 4K series with a reference: the frame and reference attention run on every tile
     (the pipeline raises when a UNet call with such rows skips them)."""
     face = Image.new("RGB", (40, 40), (220, 30, 30))

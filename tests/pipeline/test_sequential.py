@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import GenerationRequest, Generator, PipelineError
+from pipeline import GenerationRequest, ImageGenerator, PipelineError
 from pipeline.consistency import ConsistentSelfAttention
 from pipeline.generator import split_point
 from pipeline.sdxl import Sample, frame_groups
@@ -27,7 +27,7 @@ def story(**changes) -> GenerationRequest:
     return request(**{**base, **changes})
 
 
-def test_frames_get_their_items_in_order(tiny: Generator) -> None:
+def test_frames_get_their_items_in_order(tiny: ImageGenerator) -> None:
     frames = tiny.samples(story(), group=5)
     assert [f.prompt for f in frames] == [
         f"Series of the same person at three life stages, {stage}"
@@ -47,7 +47,7 @@ def test_frame_groups() -> None:
     assert group.samples == (0, 2) and group.seed == 1
 
 
-def test_frames_share_attention(tiny: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_frames_share_attention(tiny: ImageGenerator, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     original = ConsistentSelfAttention._shared
 
@@ -68,7 +68,7 @@ def test_frames_share_attention(tiny: Generator, monkeypatch: pytest.MonkeyPatch
     assert all(np.array_equal(a, b) for a, b in zip(together, again, strict=True))
 
 
-def test_frames_and_neighbours_do_not_depend_on_the_batch(tiny: Generator) -> None:
+def test_frames_and_neighbours_do_not_depend_on_the_batch(tiny: ImageGenerator) -> None:
     frames = [pixels(image) for image in tiny.generate(story())]
     other = request(prompt="a red fox", width=SIZE, height=SIZE, seeds=(3,))
     other_story = story(prompt="A comic: a cat, a dog and a bird", seeds=(21, 22, 23))
@@ -94,7 +94,7 @@ def test_split_point_keeps_groups() -> None:
     assert split_point(batch(None)) is None
 
 
-def test_out_of_memory_split_never_separates_frames(tiny: Generator, monkeypatch) -> None:
+def test_out_of_memory_split_never_separates_frames(tiny: ImageGenerator, monkeypatch) -> None:
     """CUDA's out-of-memory cannot happen on the CPU: the pipeline raises it itself for
     calls of more than three samples."""
     calls: list[list[int | None]] = []

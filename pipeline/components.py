@@ -34,6 +34,8 @@ __all__ = [
     "Components",
     "build_components",
     "sdxl_unet_config",
+    "sdxl_vae_config",
+    "sdxl_text_configs",
 ]
 
 # The random weights of `tiny` and `sdxl-random` are drawn from this seed.
@@ -123,6 +125,34 @@ def sdxl_unet_config() -> dict[str, Any]:
     )
 
 
+def sdxl_vae_config() -> dict[str, Any]:
+    """SDXL base 1.0's VAE configuration (about 84 M parameters)."""
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+
+
+def sdxl_text_configs() -> tuple[CLIPTextConfig, CLIPTextConfig]:
+    """SDXL base 1.0's two text encoders: CLIP ViT-L and OpenCLIP ViT-bigG."""
+    return (
+        _text_config(
+            hidden=768, layers=12, heads=12, intermediate=3072, act="quick_gelu", projection=768
+        ),
+        _text_config(
+            hidden=1280, layers=32, heads=20, intermediate=5120, act="gelu", projection=1280
+        ),
+    )
+
+
 def _tiny(spec: ModelSpec) -> Components:
     unet = UNet2DConditionModel(
         sample_size=32,
@@ -167,31 +197,12 @@ def _adapter_generator() -> torch.Generator:
 
 
 def _sdxl_random(spec: ModelSpec) -> Components:
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=1024,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    text_config, text_config_2 = sdxl_text_configs()
     components = Components(
         unet=UNet2DConditionModel(**sdxl_unet_config()),
-        vae=vae,
-        text_encoder=CLIPTextModel(
-            _text_config(
-                hidden=768, layers=12, heads=12, intermediate=3072, act="quick_gelu", projection=768
-            )
-        ),
-        text_encoder_2=CLIPTextModelWithProjection(
-            _text_config(
-                hidden=1280, layers=32, heads=20, intermediate=5120, act="gelu", projection=1280
-            )
-        ),
+        vae=AutoencoderKL(**sdxl_vae_config()),
+        text_encoder=CLIPTextModel(text_config),
+        text_encoder_2=CLIPTextModelWithProjection(text_config_2),
         scheduler=SCHEDULERS[spec.scheduler](**_SCHEDULER),
     )
     components.references = sdxl_random_references(components.unet, _adapter_generator())

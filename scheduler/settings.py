@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         False, description="torch.compile the UNet on CUDA (slow first batches, faster after)."
     )
     channels_last: bool = Field(True, description="channels_last UNet layout on CUDA.")
+    stand_in_seconds_per_megapixel: float = Field(
+        0.0,
+        ge=0,
+        description="Benchmarks only, never in service: when above 0, GPU workers load no model "
+        "and run pipeline.stand_in instead, which sleeps this long per output megapixel "
+        "(1024x1024) and returns noise images. Unset or 0: the real model.",
+    )
 
     url_ttl_seconds: int = Field(URL_TTL_SECONDS_DEFAULT, gt=0)
     record_retention_seconds: int = Field(30 * 86400, gt=0)

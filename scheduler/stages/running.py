@@ -29,6 +29,7 @@ from .. import metrics
 from ..jobs.sizes import size_class
 from ..jobs.states import JobErrorCode
 from ..runtime import Runtime
+from ..settings import Settings
 from .batching import plan_batches
 from .claiming import Claimed, LeaseKeeper, claim_all, fail_claimed
 from .uploading import Uploader
@@ -45,26 +46,47 @@ _generators_lock = threading.Lock()
 
 
 def generator_for(runtime: Runtime, alias: str) -> ImageGenerator:
-    """The loaded pipeline for a model alias, loaded once per process."""
+    """The loaded pipeline for a model alias, loaded once per process; the benchmark
+    stand-in instead when ``XSD_STAND_IN_SECONDS_PER_MEGAPIXEL`` is set."""
     with _generators_lock:
         if alias not in _generators:
             spec = runtime.registry.get(alias)
-            log.info("loading model %s (%s)", alias, spec.source)
-            # Imports torch: only GPU workers ever get here.
-            from pipeline.acceleration import Acceleration
-
             settings = runtime.settings
-            _generators[alias] = pipeline.load_generator(
-                spec,
-                device=settings.device,
-                acceleration=Acceleration(
-                    dtype=settings.dtype,
-                    attention=settings.attention,
-                    compile=settings.compile,
-                    channels_last=settings.channels_last,
-                ),
-            )
+            if settings.stand_in_seconds_per_megapixel:
+                _generators[alias] = _stand_in(alias, settings.stand_in_seconds_per_megapixel)
+            else:
+                _generators[alias] = _load(spec, settings)
         return _generators[alias]
+
+
+def _load(spec: pipeline.ModelSpec, settings: Settings) -> ImageGenerator:
+    log.info("loading model %s (%s)", spec.alias, spec.source)
+    # Imports torch: only GPU workers ever get here.
+    from pipeline.acceleration import Acceleration
+
+    return pipeline.load_generator(
+        spec,
+        device=settings.device,
+        acceleration=Acceleration(
+            dtype=settings.dtype,
+            attention=settings.attention,
+            compile=settings.compile,
+            channels_last=settings.channels_last,
+        ),
+    )
+
+
+def _stand_in(alias: str, seconds_per_megapixel: float) -> ImageGenerator:
+    from pipeline.stand_in import StandInGenerator
+
+    log.warning(
+        "XSD_STAND_IN_SECONDS_PER_MEGAPIXEL=%s: serving %s with the BENCHMARK STAND-IN "
+        "(sleeps, returns noise images); never set this in service",
+        seconds_per_megapixel,
+        alias,
+    )
+    # Duck-typed: the stand-in has the three members the worker uses.
+    return StandInGenerator(alias, seconds_per_megapixel)  # type: ignore[return-value]
 
 
 class _Worker:

@@ -15,6 +15,16 @@ and measures, in one run:
    same requests through ``ImageGenerator.generate_batch`` in batches of the same size, plus
    the PNG encoding every delivered image needs. The pool's overhead is
    ``1 - end-to-end / bare``.
+
+``python -m benchmarks.pool --stand-in SECONDS_PER_MEGAPIXEL [--sizes ...] [--n ...]``
+measures instead what the pool costs at GPU rates: the GPU worker serves the benchmark
+stand-in (:mod:`pipeline.stand_in`), which holds it for that many seconds per output
+megapixel (0.42 is the H200 record for one 1024x1024 image) and returns real-size images,
+so claiming, Redis, PNG encoding, uploads and webhooks run against a GPU's pace. For each
+size and ``n`` it reports end-to-end images/s against the stand-in's ideal (the images/s of
+a worker computing back to back), the GPU worker's idle fraction, and the time the worker's
+metrics account for in the window (GPU, idle, uploads, queue wait). The API accepts
+3.6 to 16.7 megapixels, so 1K (1024x1024) cannot be asked for.
 """
 
 from __future__ import annotations
@@ -105,12 +115,27 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def _gpu_idle_seconds(port: int) -> float:
+# Worker metrics read around a window (summed over labels): seconds, then counts.
+_WINDOW_METRICS = (
+    "xsd_gpu_idle_seconds_total",
+    "xsd_gpu_seconds_sum",
+    "xsd_storage_upload_seconds_sum",
+    "xsd_queue_wait_seconds_sum",
+    "xsd_gpu_seconds_count",
+    "xsd_storage_upload_seconds_count",
+    "xsd_queue_wait_seconds_count",
+)
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The worker's ``_WINDOW_METRICS``, each summed over its labels (0 when absent)."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    totals = dict.fromkeys(_WINDOW_METRICS, 0.0)
     for line in text.splitlines():
-        if line.startswith("xsd_gpu_idle_seconds_total "):
-            return float(line.split()[1])
-    return 0.0
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 def _wait_ready(port: int, *, timeout: float = 120) -> None:
@@ -127,42 +152,59 @@ def _wait_ready(port: int, *, timeout: float = 120) -> None:
 
 
 def _throughput_phase(
-    base_url: str, key: str, *, in_flight: int, seconds: float, metrics_port: int
+    base_url: str,
+    key: str,
+    *,
+    in_flight: int,
+    seconds: float,
+    metrics_port: int,
+    body: dict[str, Any] = BODY,
 ) -> dict[str, float]:
-    """Closed loop: keep ``in_flight`` jobs outstanding; count images finished in the
-    window."""
+    """Closed loop: keep ``in_flight`` jobs of ``body`` outstanding; count images finished
+    in the window, which starts once the first job has finished (model loaded, queue
+    full). Jobs still outstanding at the end are cancelled, so a next phase starts on an
+    empty queue."""
     client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     outstanding: set[str] = set()
-    images, jobs, latencies = 0, 0, []
     counter = 0
 
     def submit() -> None:
         nonlocal counter
         counter += 1
-        response = client.post("/v1/generations", json={**BODY, "seed": 10_000 + counter})
+        response = client.post("/v1/generations", json={**body, "seed": 10_000 + counter})
         response.raise_for_status()
         outstanding.add(response.json()["requestId"])
 
-    _wait_ready(metrics_port)
-    for _ in range(in_flight):
-        submit()
-    # Warm-up: the first results include model loading and queue filling.
-    time.sleep(2)
-    idle_start = _gpu_idle_seconds(metrics_port)
-    window_start = time.time()
-    while time.time() - window_start < seconds:
+    def finished() -> list[dict[str, Any]]:
+        """The outstanding jobs that ended since the last call, each replaced by a new one."""
+        records = []
         for request_id in list(outstanding):
             record = client.get(f"/v1/generations/{request_id}").json()
             if record["status"] in ("succeeded", "failed"):
                 outstanding.discard(request_id)
-                if record["status"] == "succeeded":
-                    images += len(record["images"])
-                    jobs += 1
-                    latencies.append(_epoch(record["finishedAt"]) - _epoch(record["createdAt"]))
+                records.append(record)
                 submit()
+        return records
+
+    _wait_ready(metrics_port)
+    for _ in range(in_flight):
+        submit()
+    while not finished():
+        time.sleep(0.1)
+    before = _scrape(metrics_port)
+    images, jobs, latencies = 0, 0, []
+    window_start = time.time()
+    while time.time() - window_start < seconds:
+        for record in finished():
+            if record["status"] == "succeeded":
+                images += len(record["images"])
+                jobs += 1
+                latencies.append(_epoch(record["finishedAt"]) - _epoch(record["createdAt"]))
         time.sleep(0.1)
     window = time.time() - window_start
-    idle = _gpu_idle_seconds(metrics_port) - idle_start
+    spent = {name: value - before[name] for name, value in _scrape(metrics_port).items()}
+    for request_id in outstanding:
+        client.post(f"/v1/generations/{request_id}/cancel")
     client.close()
     return {
         "seconds": window,
@@ -170,8 +212,17 @@ def _throughput_phase(
         "images": images,
         "images_per_second": images / window,
         "end_to_end_p50_s": statistics.median(latencies) if latencies else float("nan"),
-        "gpu_idle_fraction": idle / window,
+        "gpu_idle_fraction": spent["xsd_gpu_idle_seconds_total"] / window,
+        "gpu_busy_fraction": spent["xsd_gpu_seconds_sum"] / window,
+        "gpu_batches": spent["xsd_gpu_seconds_count"],
+        "upload_seconds_per_object": _mean(spent, "xsd_storage_upload_seconds"),
+        "queue_wait_seconds_per_job": _mean(spent, "xsd_queue_wait_seconds"),
     }
+
+
+def _mean(spent: dict[str, float], histogram: str) -> float:
+    count = spent[f"{histogram}_count"]
+    return spent[f"{histogram}_sum"] / count if count else float("nan")
 
 
 def _bare_pipeline(*, batch: int, seconds: float) -> dict[str, float]:
@@ -212,27 +263,10 @@ def _bare_pipeline(*, batch: int, seconds: float) -> dict[str, float]:
 def run(*, seconds: float, in_flight: int) -> dict[str, Any]:
     """Run every phase; returns the figures."""
     with tempfile.TemporaryDirectory(prefix="xsd-pool-bench-") as tmp:
-        data_dir = Path(tmp)
-        settings = Settings(data_dir=data_dir, metrics_port=free_port_block(3))
-        supervisor = Supervisor(
-            settings,
-            host="127.0.0.1",
-            port=free_port(),
-            log_dir=data_dir / "logs",
-            env={"XSD_RATE_LIMIT_PER_MINUTE": str(SPEC_RATE_PER_MINUTE)},
-        )
-        supervisor.start()
+        settings = Settings(data_dir=Path(tmp), metrics_port=free_port_block(3))
+        supervisor = _started(settings, {"XSD_RATE_LIMIT_PER_MINUTE": str(SPEC_RATE_PER_MINUTE)})
         try:
-            assert supervisor.redis_url is not None
-            accounts = Accounts(
-                redis.Redis.from_url(supervisor.redis_url, decode_responses=True),
-                pepper=settings.pepper,
-            )
-            keys = []
-            for index in range(12):
-                name = f"bench{index}"
-                keys.append(accounts.create_key(name).api_key)
-                accounts.add_credits(name, 10**9)
+            keys = _funded_keys(supervisor, settings, 12)
             gpu = supervisor.children["gpu-worker"]
             gpu.terminate()
             gpu.wait()
@@ -270,14 +304,114 @@ def run(*, seconds: float, in_flight: int) -> dict[str, Any]:
     }
 
 
+def _started(settings: Settings, env: dict[str, str]) -> Supervisor:
+    """The whole service on free ports, under ``settings.data_dir``."""
+    supervisor = Supervisor(
+        settings, host="127.0.0.1", port=free_port(), log_dir=settings.data_dir / "logs", env=env
+    )
+    supervisor.start()
+    return supervisor
+
+
+def _funded_keys(supervisor: Supervisor, settings: Settings, count: int) -> list[str]:
+    """``count`` API keys with credits for any run."""
+    assert supervisor.redis_url is not None
+    accounts = Accounts(
+        redis.Redis.from_url(supervisor.redis_url, decode_responses=True),
+        pepper=settings.pepper,
+    )
+    keys = []
+    for index in range(count):
+        name = f"bench{index}"
+        keys.append(accounts.create_key(name).api_key)
+        accounts.add_credits(name, 10**9)
+    return keys
+
+
+def run_stand_in(
+    *,
+    seconds_per_megapixel: float,
+    sizes: list[str],
+    ns: list[int],
+    seconds: float,
+    in_flight: int,
+) -> dict[str, Any]:
+    """The pool at GPU rates: one closed-loop phase per size and ``n`` against a GPU worker
+    serving the stand-in; returns the figures."""
+    from pipeline.stand_in import MEGAPIXEL
+
+    phases = []
+    with tempfile.TemporaryDirectory(prefix="xsd-pool-bench-") as tmp:
+        settings = Settings(data_dir=Path(tmp), metrics_port=free_port_block(3))
+        supervisor = _started(
+            settings, {"XSD_STAND_IN_SECONDS_PER_MEGAPIXEL": str(seconds_per_megapixel)}
+        )
+        try:
+            (key,) = _funded_keys(supervisor, settings, 1)
+            for size in sizes:
+                width, height = (int(side) for side in size.split("x"))
+                # Images/s of a worker that computes back to back, nothing else.
+                ideal = MEGAPIXEL / (seconds_per_megapixel * width * height)
+                for n in ns:
+                    figures = _throughput_phase(
+                        supervisor.base_url,
+                        key,
+                        in_flight=in_flight,
+                        seconds=seconds,
+                        metrics_port=supervisor.metrics_ports()["gpu-worker"],
+                        body={**BODY, "size": size, "n": n},
+                    )
+                    phases.append(
+                        {
+                            "size": size,
+                            "n": n,
+                            "ideal_images_per_second": ideal,
+                            "of_ideal": figures["images_per_second"] / ideal,
+                            **figures,
+                        }
+                    )
+        finally:
+            supervisor.stop()
+    return {
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "stand_in_seconds_per_megapixel": seconds_per_megapixel,
+        "in_flight": in_flight,
+        "phases": phases,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="Length of each phase.")
     parser.add_argument("--in-flight", type=int, default=8, help="Jobs kept outstanding.")
     parser.add_argument("--json", type=Path, default=None, help="Write the figures here.")
+    parser.add_argument(
+        "--stand-in",
+        type=float,
+        default=None,
+        metavar="SECONDS_PER_MEGAPIXEL",
+        help="Measure the pool at GPU rates against the benchmark stand-in model.",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="2048x2048,4096x4096",
+        help="With --stand-in: comma-separated WIDTHxHEIGHT sizes (3.6 to 16.7 MP).",
+    )
+    parser.add_argument(
+        "--n", default="1,15", help="With --stand-in: comma-separated images per request."
+    )
     args = parser.parse_args(argv)
-    figures = run(seconds=args.seconds, in_flight=args.in_flight)
+    if args.stand_in is not None:
+        figures = run_stand_in(
+            seconds_per_megapixel=args.stand_in,
+            sizes=args.sizes.split(","),
+            ns=[int(n) for n in args.n.split(",")],
+            seconds=args.seconds,
+            in_flight=args.in_flight,
+        )
+    else:
+        figures = run(seconds=args.seconds, in_flight=args.in_flight)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json:

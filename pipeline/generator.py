@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 
 from .acceleration import Acceleration
-from .buckets import bucket_for
 from .components import build_components
 from .errors import InvalidInput, PipelineError, RequestCancelled
 from .geometry import Size
@@ -84,12 +83,7 @@ class ImageGenerator:
 
     def bucket(self, request: GenerationRequest) -> Size:
         """The resolution the request is generated at before resizing."""
-        return bucket_for(
-            request.width,
-            request.height,
-            base=self.spec.base_resolution,
-            multiple=self.spec.bucket_multiple,
-        )
+        return self.spec.bucket(request.width, request.height)
 
     def samples(self, request: GenerationRequest, *, group: int = 0) -> list[Sample]:
         """The request's images as pipeline samples, in seed order. Every sample carries

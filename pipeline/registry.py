@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .buckets import bucket_for
 from .errors import ModelUnavailable
+from .geometry import Size
 
 __all__ = [
     "CLIP_TOKENIZER",
@@ -66,6 +68,10 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.tokenizer == WEIGHTS_TOKENIZER and self.kind != "weights":
             raise ValueError(f"{self.alias}: only a weights directory has its own tokenizers.")
+
+    def bucket(self, width: int, height: int) -> Size:
+        """The resolution this model generates a ``width x height`` image at."""
+        return bucket_for(width, height, base=self.base_resolution, multiple=self.bucket_multiple)
 
     @property
     def kind(self) -> str:

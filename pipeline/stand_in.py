@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .buckets import bucket_for
 from .errors import PipelineError, RequestCancelled
 from .geometry import Size
 from .registry import SDXL_RANDOM, ModelRegistry, ModelSpec
@@ -79,12 +78,7 @@ class StandInGenerator:
 
     def bucket(self, request: GenerationRequest) -> Size:
         """The bucket the real model would generate ``request`` at (plans the passes)."""
-        return bucket_for(
-            request.width,
-            request.height,
-            base=self.spec.base_resolution,
-            multiple=self.spec.bucket_multiple,
-        )
+        return self.spec.bucket(request.width, request.height)
 
     def seconds(self, request: GenerationRequest) -> float:
         """The GPU time the stand-in charges for ``request``: its output pixels, all

@@ -22,7 +22,7 @@ from ..jobs.sizes import size_class
 from ..jobs.states import JobErrorCode, JobStatus
 from ..jobs.store import Finish
 from ..runtime import Runtime
-from .celery_app import send_webhook
+from .celery_app import job_queue, send_generate, send_webhook
 
 __all__ = ["WEBHOOK_GRACE_MS", "Job", "delete_job", "delete_objects"]
 
@@ -139,12 +139,22 @@ class Job:
     def _notify(self, finish: Finish) -> Finish:
         if finish.ok:
             metrics.XTOKENS_REFUNDED.inc(finish.refund)
+        if finish.ok and finish.capped:
+            self._release_capped()
         if finish.ok and self.record.webhook_url:
             try:
                 send_webhook(self.record.id)
             except Exception:  # the due-set entry guarantees a later attempt
                 log.warning("Could not queue the webhook of %s now; the tick will.", self.record.id)
         return finish
+
+    def _release_capped(self) -> None:
+        """The job freed room under its account's cap: its queue gets one more message,
+        since a pick that skipped that account's jobs spent the messages they came with."""
+        try:
+            send_generate(self.record.id, job_queue(self.record))
+        except Exception:  # the outbox sends jobs still waiting again in any case
+            log.warning("Could not send a message for %s's queue now.", self.record.id)
 
 
 def delete_objects(runtime: Runtime, record: JobRecord) -> None:

@@ -57,7 +57,8 @@ if #claimed > 0 then
   local c = redis.call('HMGET', KEYS[2], 'window_ms', 'window_jobs', 'rate')
   local started, jobs = tonumber(c[1] or ''), tonumber(c[2] or '0') + #claimed / 2
   if not started or now - started > 10 * window then
-    redis.call('HSET', KEYS[2], 'window_ms', now, 'window_jobs', #claimed / 2)
+    -- This pick opens the window: the rate counts the jobs taken after it.
+    redis.call('HSET', KEYS[2], 'window_ms', now, 'window_jobs', 0)
     redis.call('HDEL', KEYS[2], 'rate')
   elseif now - started >= window then
     local sample = jobs * 1000 / (now - started)

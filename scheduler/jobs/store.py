@@ -58,8 +58,8 @@ class Finish:
 
     outcome: FinishOutcome
     refund: int = 0
-    # The job had images in flight for an account with a cap: its queue can take one more.
-    capped: bool = False
+    # Images in flight the job gave back to an account with a cap: room for as many more.
+    freed_capped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -466,7 +466,7 @@ class JobStore:
         outcome = FinishOutcome(reply[0])
         if outcome is not FinishOutcome.OK:
             return Finish(outcome)
-        return Finish(outcome, refund=int(reply[1]), capped=bool(reply[2]))
+        return Finish(outcome, refund=int(reply[1]), freed_capped=int(reply[2]))
 
     def set_webhook_state(
         self, job_id: str, *, attempts: int, state: WebhookState, detail: str = ""

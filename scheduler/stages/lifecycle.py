@@ -139,8 +139,8 @@ class Job:
     def _notify(self, finish: Finish) -> Finish:
         if finish.ok:
             metrics.XTOKENS_REFUNDED.inc(finish.refund)
-        if finish.ok and finish.capped:
-            self._release_capped()
+        if finish.ok and finish.freed_capped:
+            _send_tokens(self.runtime, self.record, finish.freed_capped)
         if finish.ok and self.record.webhook_url:
             try:
                 send_webhook(self.record.id)
@@ -148,13 +148,16 @@ class Job:
                 log.warning("Could not queue the webhook of %s now; the tick will.", self.record.id)
         return finish
 
-    def _release_capped(self) -> None:
-        """The job freed room under its account's cap: its queue gets one more message,
-        since a pick that skipped that account's jobs spent the messages they came with."""
-        try:
-            send_generate(self.record.id, job_queue(self.record))
-        except Exception:  # the outbox sends jobs still waiting again in any case
-            log.warning("Could not send a message for %s's queue now.", self.record.id)
+
+def _send_tokens(runtime: Runtime, record: JobRecord, count: int) -> None:
+    """The job gave back ``count`` images in flight under its account's cap: its queue gets
+    as many more messages, since picks that skipped that account's jobs spent the messages
+    they came with (the outbox sends jobs still waiting again in any case)."""
+    try:
+        for _ in range(count):
+            send_generate(record.id, job_queue(record))
+    except Exception:
+        log.warning("Could not send messages for %s's queue now.", record.id)
 
 
 def delete_objects(runtime: Runtime, record: JobRecord) -> None:
@@ -176,4 +179,8 @@ def delete_job(runtime: Runtime, record: JobRecord) -> int:
         raise
     refund = runtime.jobs.delete(record)
     metrics.XTOKENS_REFUNDED.inc(refund)
+    if record.status is JobStatus.PROCESSING:
+        cap = runtime.accounts.share(record.account).max_inflight_images
+        if cap is not None:
+            _send_tokens(runtime, record, record.image_count)
     return refund

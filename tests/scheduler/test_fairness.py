@@ -15,7 +15,7 @@ from scheduler.jobs.store import JobStore
 from scheduler.redis import keys
 from scheduler.runtime import Runtime
 from scheduler.stages.claiming import claim_all
-from scheduler.stages.lifecycle import Job
+from scheduler.stages.lifecycle import Job, delete_job
 from scheduler.stages.reaper import tick
 
 from .factories import accept as store
@@ -103,7 +103,9 @@ def test_a_cap_holds_jobs_back_without_refusing_them(runtime: Runtime) -> None:
     # One acme job ends: room for one image, and its end says the queue may take one more.
     done = record(runtime, capped[0])
     finish = Job.claimed(runtime, done, done.attempt).succeed([])
-    assert finish.ok and finish.capped
+    assert finish.ok and finish.freed_capped == 1
+    assert runtime.redis.llen("gpu.xsd45.2k") == 1, "a message for the room it freed"
+    assert not Job.as_read(runtime, record(runtime, others[0])).cancel().freed_capped
     assert pick(runtime) == [capped[3]]
     assert in_flight(runtime, "acme") == 3
 
@@ -147,8 +149,10 @@ def test_cancel_and_delete_free_places_and_in_flight_images(runtime: Runtime) ->
     assert runtime.jobs.queue_place(third, "gpu.xsd45.2k").position == 2  # type: ignore[union-attr]
     assert pick(runtime, wanted=1) == [second]
     assert in_flight(runtime, "acme") == 2
-    runtime.jobs.delete(record(runtime, second))  # deleted while it runs
+    runtime.accounts.set_share("acme", max_inflight_images=4)
+    delete_job(runtime, record(runtime, second))  # deleted while it runs
     assert in_flight(runtime, "acme") == 0
+    assert runtime.redis.llen("gpu.xsd45.2k") == 2, "a message per image it freed"
     assert Job.as_read(runtime, record(runtime, third)).cancel().ok
     assert pick(runtime) == []
 

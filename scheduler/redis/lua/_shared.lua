@@ -16,15 +16,15 @@ local function drop_field(hash, field, by)
   if redis.call('HINCRBY', hash, field, -by) <= 0 then redis.call('HDEL', hash, field) end
 end
 
--- Takes a job off the in-flight counts; returns its account when it was counted, else nil.
+-- Takes a job off the in-flight counts; returns the images it counted (0 when none).
 local function count_out(job_key, inflight_key)
   local f = redis.call('HMGET', job_key, 'account', 'queue', 'inflight')
-  if not f[3] then return nil end
+  if not f[3] then return 0 end
   local images = tonumber(f[3])
   drop_field(inflight_key, 'acct:' .. f[1], images)
   if f[2] then drop_field(inflight_key, 'queue:' .. f[2], images) end
   redis.call('HDEL', job_key, 'inflight')
-  return f[1]
+  return images
 end
 
 -- Removes a job from the fair queue it waits in, if any.

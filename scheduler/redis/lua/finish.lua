@@ -8,8 +8,8 @@
 --       3 now (ms), 4 target status, 5 net cost in xTokens,
 --       6 delivered images, 7 webhook first-attempt time (ms, '' = no webhook),
 --       8 policy violation (0/1), 9 fair queue key prefix, 10.. field/value pairs to set
--- Returns {ok, refund, capped} | {stale, status} | {gone, ''}: capped is 1 when the job
--- held images in flight of an account with a cap (jobs it held back may go now).
+-- Returns {ok, refund, freed} | {stale, status} | {gone, ''}: freed is the images in flight
+-- the job gave back to an account with a cap (room for jobs it held back), else 0.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'gone', ''} end
 if not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then
@@ -35,14 +35,12 @@ redis.call('ZREM', KEYS[3], id)
 redis.call('ZREM', KEYS[6], id)
 redis.call('ZREM', KEYS[7], id)
 leave_fair_queue(KEYS[1], ARGV[9], id)
-local capped = 0
-if count_out(KEYS[1], KEYS[8]) and redis.call('HEXISTS', KEYS[2], 'max_inflight_images') == 1 then
-  capped = 1
-end
+local freed = count_out(KEYS[1], KEYS[8])
+if redis.call('HEXISTS', KEYS[2], 'max_inflight_images') == 0 then freed = 0 end
 redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
 redis.call('HINCRBY', KEYS[4], 'images', tonumber(ARGV[6]))
 redis.call('HINCRBY', KEYS[4], 'policy_violations', tonumber(ARGV[8]))
 if ARGV[7] ~= '' then
   redis.call('ZADD', KEYS[5], ARGV[7], id)
 end
-return {'ok', tostring(refund), capped}
+return {'ok', tostring(refund), freed}

@@ -140,7 +140,7 @@ class Job:
         if finish.ok:
             metrics.XTOKENS_REFUNDED.inc(finish.refund)
         if finish.ok and finish.freed_capped:
-            _send_tokens(self.runtime, self.record, finish.freed_capped)
+            _send_tokens(self.record, finish.freed_capped)
         if finish.ok and self.record.webhook_url:
             try:
                 send_webhook(self.record.id)
@@ -149,7 +149,7 @@ class Job:
         return finish
 
 
-def _send_tokens(runtime: Runtime, record: JobRecord, count: int) -> None:
+def _send_tokens(record: JobRecord, count: int) -> None:
     """The job gave back ``count`` images in flight under its account's cap: its queue gets
     as many more messages, since picks that skipped that account's jobs spent the messages
     they came with (the outbox sends jobs still waiting again in any case)."""
@@ -182,5 +182,5 @@ def delete_job(runtime: Runtime, record: JobRecord) -> int:
     if record.status is JobStatus.PROCESSING:
         cap = runtime.accounts.share(record.account).max_inflight_images
         if cap is not None:
-            _send_tokens(runtime, record, record.image_count)
+            _send_tokens(record, record.image_count)
     return refund

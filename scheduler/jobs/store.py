@@ -1,4 +1,5 @@
-"""Job records in Redis: accept, claim, lease, finish, delete, list.
+"""Job records in Redis: accept, claim, lease, finish, delete, list, and the fair order in
+which GPU workers take the jobs of each GPU queue (weighted fair queuing by account).
 
 Every status change takes its allowed source states from :mod:`scheduler.jobs.states`, and each
 is one Lua script, so a change and its refund happen together or not at all. A worker
@@ -259,7 +260,8 @@ class JobStore:
     # -- worker side -----------------------------------------------------------------
 
     def claim(self, job_id: str, *, lease_ms: int) -> Claim:
-        """Claim a job for processing; see :class:`Claim`."""
+        """Claim a given job for processing; see :class:`Claim`. Workers take the fairest
+        jobs of a queue with :meth:`pick`, which claims each the same way."""
         reply, detail = self._scripts.claim(
             keys=[keys.job(job_id), keys.LEASES, keys.DISPATCH, keys.INFLIGHT],
             args=[

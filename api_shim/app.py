@@ -8,7 +8,14 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram
 
-from scheduler import QueueDepthCollector, RateStatus, Runtime, Service, register_once
+from scheduler import (
+    InFlightCollector,
+    QueueDepthCollector,
+    RateStatus,
+    Runtime,
+    Service,
+    register_once,
+)
 
 from . import openapi, ops, routes
 from .errors import install_handlers, rate_limit_headers
@@ -46,6 +53,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     service = app.state.service = Service(runtime)
     register_once("queue_depth", QueueDepthCollector(service.queue_length, service.queue_names))
+    register_once("in_flight", InFlightCollector(service.in_flight))
     install_handlers(app)
     app.include_router(routes.router)
     app.include_router(ops.router)

@@ -99,6 +99,19 @@ class Cost(BaseModel):
     xTokens: int
 
 
+class QueuePlace(BaseModel):
+    """Where a queued generation waits (an addition to the spec's record)."""
+
+    position: int | None = Field(
+        description="1-based place in the fair order of the GPU queue it waits in; null "
+        "while it is still being prepared."
+    )
+    estimatedStartAt: str | None = Field(
+        description="When a GPU worker should take it, at the queue's recent rate (ISO 8601, "
+        "UTC); null while unknown."
+    )
+
+
 class GenerationRecord(BaseModel):
     """A generation, as polls return it and webhooks deliver it."""
 
@@ -111,6 +124,7 @@ class GenerationRecord(BaseModel):
     createdAt: str
     input: dict[str, Any] = Field(description="What reproduces the generation.")
     pollUrl: str | None = Field(None, description="While queued.")
+    queue: QueuePlace | None = Field(None, description="While queued.")
     images: list[Image] | None = Field(None, description="Once succeeded.")
     cost: Cost | None = Field(None, description="Once succeeded.")
     error: JobError | None = Field(None, description="Once failed.")

@@ -24,7 +24,7 @@ _ROOMS: dict[str, tuple[str, ...]] = {
         "UnsafeURL",
     ),
     "scheduler.settings": ("Settings",),
-    "scheduler.metrics": ("QueueDepthCollector", "register_once"),
+    "scheduler.metrics": ("InFlightCollector", "QueueDepthCollector", "register_once"),
     "scheduler.runtime": ("Runtime", "init"),
     "scheduler.service": ("Service",),
     "scheduler.jobs.inputs": (

@@ -35,6 +35,7 @@ __all__ = [
     "XTOKENS_REFUNDED",
     "GPU_IDLE",
     "QueueDepthCollector",
+    "InFlightCollector",
     "GpuCollector",
     "register_once",
 ]
@@ -49,10 +50,11 @@ _COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 JOBS_FINISHED = Counter(
     "xsd_jobs_finished", "Jobs that reached a terminal status", ["status", "code"]
 )
+# account_class is the account's share class (default, weighted, capped), never its name.
 QUEUE_WAIT = Histogram(
     "xsd_queue_wait_seconds",
     "From POST to a GPU worker claiming the job",
-    ["size_class"],
+    ["size_class", "account_class"],
     buckets=_LATENCY_BUCKETS,
 )
 GPU_SECONDS = Histogram(
@@ -117,6 +119,29 @@ class QueueDepthCollector(Collector):
                 family.add_metric([queue], self._length_of(queue))
             except Exception:  # a scrape must not fail because Redis blinked
                 log.warning("could not read the length of %s", queue, exc_info=True)
+        yield family
+
+
+class InFlightCollector(Collector):
+    """``xsd_inflight_images{queue}``: images GPU workers have claimed and not finished,
+    per GPU queue, read from Redis at scrape."""
+
+    def __init__(self, in_flight: Callable[[], dict[str, int]]):
+        self._in_flight = in_flight
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "xsd_inflight_images",
+            "Images claimed by GPU workers and not finished",
+            labels=["queue"],
+        )
+        try:
+            counts = self._in_flight()
+        except Exception:  # a scrape must not fail because Redis blinked
+            log.warning("could not read the images in flight", exc_info=True)
+            counts = {}
+        for queue, images in counts.items():
+            family.add_metric([queue], images)
         yield family
 
 

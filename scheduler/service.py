@@ -23,13 +23,13 @@ from .jobs.inputs import MAX_SEED
 from .jobs.records import JobInput, JobRecord
 from .jobs.sizes import largest_pixels, parse_size, resolve
 from .jobs.states import JobStatus
-from .jobs.views import inlines, iso_time, public_view, stream_view
+from .jobs.views import inlines, iso_time, public_queue, public_view, stream_view
 from .net.policy import NetPolicy
 from .redis.accounts import Principal
 from .redis.outage import Outage
 from .redis.ratelimit import RateStatus
 from .runtime import Runtime
-from .stages.celery_app import CPU_QUEUE, gpu_queues, send_prepare
+from .stages.celery_app import CPU_QUEUE, gpu_queues, job_queue, send_prepare
 from .stages.lifecycle import Job, delete_job
 
 __all__ = ["Service", "new_job_id"]
@@ -82,7 +82,19 @@ class Service:
         }
 
     def _view(self, record: JobRecord, *, inline: bool = True) -> dict[str, Any]:
-        return public_view(record, inline=inline, **self._view_context())
+        body = public_view(record, inline=inline, **self._view_context())
+        if record.status is JobStatus.QUEUED:
+            body["queue"] = self._queue_place(record)
+        return body
+
+    def _queue_place(self, record: JobRecord) -> dict[str, Any]:
+        """Where a queued job waits; unknown until the prepare stage routed it."""
+        place = None
+        if record.prepared_ms is not None:
+            place = self.runtime.jobs.queue_place(record.id, job_queue(record))
+        if place is None:
+            return public_queue(None, None)
+        return public_queue(place.position, place.start_ms)
 
     def _check_inline_size(self, job: JobInput) -> None:
         """Refuse, before any debit, a b64_json request whose images would make responses
@@ -276,6 +288,11 @@ class Service:
     def queue_length(self, queue: str) -> int:
         """How many messages wait in one queue."""
         return int(self.runtime.redis.llen(queue))
+
+    def in_flight(self) -> dict[str, int]:
+        """Images claimed by GPU workers and not finished, for every GPU queue."""
+        counts = self.runtime.jobs.in_flight()
+        return {queue: counts.get(queue, 0) for queue in gpu_queues(self.model_aliases())}
 
     @property
     def net_policy(self) -> NetPolicy:

@@ -140,14 +140,36 @@ def keys() -> None:
     """API keys."""
 
 
+_WEIGHT = click.option(
+    "--weight",
+    type=float,
+    default=None,
+    help="Share of the GPUs against other accounts with waiting jobs (default 1).",
+)
+_CAP = click.option(
+    "--max-in-flight-images",
+    "cap",
+    type=int,
+    default=None,
+    help="Most images of the account generated at once; more wait queued (0: no cap).",
+)
+
+
 @keys.command("create")
 @click.option("--account", required=True, help="Account name (created if needed).")
 @click.option("--credits", "credits_", type=int, default=None, help="xTokens to add.")
+@_WEIGHT
+@_CAP
 @click.option("--json", "as_json", is_flag=True, help="Print {apiKey, account, webhookSecret}.")
-def keys_create(account: str, credits_: int | None, as_json: bool) -> None:
+def keys_create(
+    account: str, credits_: int | None, weight: float | None, cap: int | None, as_json: bool
+) -> None:
     """Create an API key (and the account, if new)."""
     settings = _settings()
     with _accounts(settings) as accounts:
+        if weight is not None or cap is not None:
+            accounts.ensure(account)
+            accounts.set_share(account, weight=weight, max_inflight_images=cap)
         new = accounts.create_key(account)
         if credits_:
             accounts.add_credits(account, credits_)
@@ -173,6 +195,25 @@ def keys_revoke(key: str) -> None:
     if not revoked:
         raise click.ClickException(f"No API key has the id {key_id!r}.")
     click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def accounts() -> None:
+    """Accounts' shares of the GPUs."""
+
+
+@accounts.command("set")
+@click.argument("account")
+@_WEIGHT
+@_CAP
+def accounts_set(account: str, weight: float | None, cap: int | None) -> None:
+    """Set an account's weight and cap on images in flight; queued jobs keep their place."""
+    if weight is None and cap is None:
+        raise click.UsageError("Give --weight, --max-in-flight-images or both.")
+    with _accounts(_settings()) as store:
+        share = store.set_share(account, weight=weight, max_inflight_images=cap)
+    cap_text = "none" if share.max_inflight_images is None else share.max_inflight_images
+    click.echo(f"{account}: weight {share.weight:g}, max in-flight images {cap_text}")
 
 
 @main.group()

@@ -1,4 +1,5 @@
-"""Job records in Redis: accept, claim, lease, finish, delete, list.
+"""Job records in Redis: accept, claim, lease, finish, delete, list, and the fair order in
+which GPU workers take the jobs of each GPU queue (weighted fair queuing by account).
 
 Every status change takes its allowed source states from :mod:`scheduler.jobs.states`, and each
 is one Lua script, so a change and its refund happen together or not at all. A worker
@@ -31,9 +32,14 @@ from .states import (
     sources_of,
 )
 
-__all__ = ["Claim", "Finish", "JobStore", "ACTIVE_STATUSES"]
+__all__ = ["Claim", "Finish", "QueuePlace", "JobStore", "ACTIVE_STATUSES"]
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.PROCESSING)
+# A pick looks at most this many waiting jobs (beyond those it takes), so a queue full of
+# jobs held back by their accounts' caps costs a bounded amount of Redis time per batch.
+_PICK_SCAN_LIMIT = 512
+# A queue's rate of taking jobs is measured over windows this long (ms).
+_RATE_WINDOW_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -53,11 +59,22 @@ class Finish:
 
     outcome: FinishOutcome
     refund: int = 0
+    # Images in flight the job gave back to an account with a cap: room for as many more.
+    freed_capped: int = 0
 
     @property
     def ok(self) -> bool:
         """True when this call made the transition."""
         return self.outcome is FinishOutcome.OK
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where a queued job waits: its 1-based ``position`` in its GPU queue's fair order,
+    and when it should start (ms) at the queue's recent rate, None when that is unknown."""
+
+    position: int
+    start_ms: int | None
 
 
 def _joined(statuses: Iterable[JobStatus]) -> str:
@@ -200,6 +217,17 @@ class JobStore:
             return ids[:limit], _encode_cursor(*last)
         return ids, None
 
+    def shapes(self, job_ids: Sequence[str]) -> list[tuple[str, int, int] | None]:
+        """Each job's model and pixels, None for a job that is gone or not sized yet (one
+        round trip)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(keys.job(job_id), "model", "width", "height")
+        return [
+            (model, int(width), int(height)) if model and width and height else None
+            for model, width, height in pipe.execute()
+        ]
+
     def usage(self, account: str, email: str) -> dict[str, int]:
         """An end user's counters."""
         raw = self._redis.hgetall(keys.usage(account, email))
@@ -232,10 +260,17 @@ class JobStore:
     # -- worker side -----------------------------------------------------------------
 
     def claim(self, job_id: str, *, lease_ms: int) -> Claim:
-        """Claim a job for processing; see :class:`Claim`."""
+        """Claim a given job for processing; see :class:`Claim`. Workers take the fairest
+        jobs of a queue with :meth:`pick`, which claims each the same way."""
         reply, detail = self._scripts.claim(
-            keys=[keys.job(job_id), keys.LEASES, keys.DISPATCH],
-            args=[self.now_ms(), lease_ms, _allowed_sources(JobStatus.PROCESSING, None), job_id],
+            keys=[keys.job(job_id), keys.LEASES, keys.DISPATCH, keys.INFLIGHT],
+            args=[
+                self.now_ms(),
+                lease_ms,
+                _allowed_sources(JobStatus.PROCESSING, None),
+                job_id,
+                keys.FAIR_PREFIX,
+            ],
         )
         outcome = ClaimOutcome(reply)
         if outcome is ClaimOutcome.CLAIMED:
@@ -243,6 +278,82 @@ class JobStore:
         if outcome is ClaimOutcome.BUSY:
             return Claim(outcome, lease_until_ms=int(detail))
         return Claim(outcome)
+
+    def pick(self, queue: str, wanted: int, *, lease_ms: int) -> list[tuple[str, int]]:
+        """Claim up to ``wanted`` of the jobs waiting for GPU queue ``queue``, fairest first
+        (lowest finish tag; jobs of an account at its in-flight cap are skipped and keep
+        their place), as with :meth:`claim`. Returns ``(job id, attempt)`` pairs."""
+        reply = self._scripts.pick(
+            keys=[
+                keys.fair_queue(queue),
+                keys.fair_clock(queue),
+                keys.LEASES,
+                keys.DISPATCH,
+                keys.INFLIGHT,
+            ],
+            args=[
+                self.now_ms(),
+                lease_ms,
+                _allowed_sources(JobStatus.PROCESSING, None),
+                wanted,
+                keys.job(""),
+                keys.account(""),
+                keys.FAIR_PREFIX,
+                _PICK_SCAN_LIMIT + wanted,
+                _RATE_WINDOW_MS,
+            ],
+        )
+        return [(reply[i], int(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+    def enqueue(self, record: JobRecord, queue: str, fields: dict[str, str]) -> bool:
+        """Set ``fields`` (the prepare stage's results) on a job that is still queued and
+        put it in the fair order of GPU queue ``queue``; a job already there keeps its
+        place. False when the job is no longer queued."""
+        return bool(
+            self._scripts.enqueue(
+                keys=[
+                    keys.job(record.id),
+                    keys.fair_queue(queue),
+                    keys.fair_clock(queue),
+                    keys.fair_tags(queue),
+                    keys.account(record.account),
+                ],
+                args=[record.id, queue, *_flatten(fields)],
+            )
+        )
+
+    def requeue(self, job_id: str, queue: str) -> bool:
+        """Put a processing job whose lease lapsed back at the front of its fair queue, for
+        a live worker to take over; False when it is not such a job."""
+        return bool(
+            self._scripts.requeue(
+                keys=[keys.job(job_id), keys.fair_queue(queue), keys.fair_clock(queue)],
+                args=[job_id, self.now_ms(), queue],
+            )
+        )
+
+    def queue_place(self, job_id: str, queue: str) -> QueuePlace | None:
+        """Where a job waits in GPU queue ``queue``; None when it is not waiting there."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrank(keys.fair_queue(queue), job_id)
+        pipe.hget(keys.fair_clock(queue), "rate")
+        rank, rate = pipe.execute()
+        if rank is None:
+            return None
+        position = int(rank) + 1
+        per_second = float(rate) if rate else 0.0
+        if per_second <= 0:
+            return QueuePlace(position, None)
+        return QueuePlace(position, self.now_ms() + int(position * 1000 / per_second))
+
+    def in_flight(self) -> dict[str, int]:
+        """Images in flight per GPU queue."""
+        counts = self._redis.hgetall(keys.INFLIGHT)
+        return {
+            field.removeprefix("queue:"): int(value)
+            for field, value in counts.items()
+            if field.startswith("queue:")
+        }
 
     def renew(self, job_id: str, attempt: int, *, lease_ms: int) -> bool:
         """Extend the lease of a job this attempt still owns."""
@@ -266,14 +377,6 @@ class JobStore:
             for (job_id, attempt), (status, stored) in zip(held.items(), replies, strict=True)
             if status != JobStatus.PROCESSING.value or stored != str(attempt)
         }
-
-    def update_queued(self, job_id: str, fields: dict[str, str]) -> bool:
-        """Set fields on a job that is still queued (prepare-stage results)."""
-        return bool(
-            self._scripts.update(
-                keys=[keys.job(job_id)], args=[JobStatus.QUEUED.value, *_flatten(fields)]
-            )
-        )
 
     def succeed(
         self,
@@ -338,7 +441,7 @@ class JobStore:
         policy_violation: bool,
         fields: dict[str, str],
     ) -> Finish:
-        reply, detail = self._scripts.finish(
+        reply = self._scripts.finish(
             keys=[
                 keys.job(record.id),
                 keys.account(record.account),
@@ -347,6 +450,7 @@ class JobStore:
                 keys.WEBHOOKS_DUE,
                 keys.LEASES,
                 keys.DISPATCH,
+                keys.INFLIGHT,
             ],
             args=[
                 _allowed_sources(target, only),
@@ -357,11 +461,14 @@ class JobStore:
                 delivered,
                 "" if webhook_at_ms is None or not record.webhook_url else webhook_at_ms,
                 int(policy_violation),
+                keys.FAIR_PREFIX,
                 *_flatten(fields),
             ],
         )
-        outcome = FinishOutcome(reply)
-        return Finish(outcome, refund=int(detail) if outcome is FinishOutcome.OK else 0)
+        outcome = FinishOutcome(reply[0])
+        if outcome is not FinishOutcome.OK:
+            return Finish(outcome)
+        return Finish(outcome, refund=int(reply[1]), freed_capped=int(reply[2]))
 
     def set_webhook_state(
         self, job_id: str, *, attempts: int, state: WebhookState, detail: str = ""
@@ -390,8 +497,9 @@ class JobStore:
                 keys.WEBHOOKS_DUE,
                 keys.LEASES,
                 keys.DISPATCH,
+                keys.INFLIGHT,
             ],
-            args=[record.id, JobStatus.QUEUED.value],
+            args=[record.id, JobStatus.QUEUED.value, keys.FAIR_PREFIX],
         )
         return int(detail) if outcome == "deleted" else 0
 

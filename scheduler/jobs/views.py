@@ -29,6 +29,7 @@ __all__ = [
     "public_status",
     "public_input",
     "public_view",
+    "public_queue",
     "stream_view",
     "image_id",
     "inlines",
@@ -95,6 +96,16 @@ def _sized_by_reference(record: JobRecord) -> bool:
     """Whether the request's size waited for its first reference's shape."""
     size = parse_size(record.size)
     return resolve(size, record.aspect_ratio, has_references=bool(record.references)) is None
+
+
+def public_queue(position: int | None, start_ms: int | None) -> dict[str, Any]:
+    """A queued job's ``queue`` object: its 1-based position in the fair order of the GPU
+    queue it waits in and when it should start at that queue's recent rate, each null
+    while unknown (the job is still being prepared; the queue has no recent rate)."""
+    return {
+        "position": position,
+        "estimatedStartAt": None if start_ms is None else iso_time(start_ms),
+    }
 
 
 def public_view(

@@ -25,6 +25,7 @@ __all__ = [
     "API_KEY_PREFIX",
     "Principal",
     "NewKey",
+    "Share",
     "Accounts",
     "key_id_of",
     "validate_account_name",
@@ -53,6 +54,42 @@ class NewKey:
     api_key: str
     account: str
     webhook_secret: str
+
+
+@dataclass(frozen=True)
+class Share:
+    """An account's share of the GPU queues: its ``weight`` in the fair order (an account
+    of weight 2 gets twice the images of one of weight 1 when both wait) and its cap on
+    images in flight (None: no cap). The cap refuses nothing; it holds jobs back."""
+
+    weight: float = 1.0
+    max_inflight_images: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The account's class for metrics (never its name): capped, weighted or default."""
+        if self.max_inflight_images is not None:
+            return "capped"
+        return "default" if self.weight == 1 else "weighted"
+
+
+# Weights are ratios between accounts: this range keeps finish tags well inside a double's
+# precision however long the pool runs.
+MAX_WEIGHT = 1000.0
+
+
+def _checked_share(weight: float | None, max_inflight_images: int | None) -> None:
+    if weight is not None and not 0 < weight <= MAX_WEIGHT:
+        raise InvalidRequest(
+            f"The weight must be a number above 0 and at most {MAX_WEIGHT:g}; got {weight:g}.",
+            param="weight",
+        )
+    if max_inflight_images is not None and max_inflight_images < 0:
+        raise InvalidRequest(
+            "The cap on images in flight must be a positive number of images, or 0 for no "
+            f"cap; got {max_inflight_images}.",
+            param="max_inflight_images",
+        )
 
 
 def validate_account_name(name: str) -> str:
@@ -145,6 +182,31 @@ class Accounts:
         if balance is None:
             raise NotFound(f"The account {name!r} does not exist.", param="account")
         return {"account": name, "balance": int(balance), "created_ms": int(created or 0)}
+
+    def set_share(
+        self, name: str, *, weight: float | None = None, max_inflight_images: int | None = None
+    ) -> Share:
+        """Change an account's weight and cap on images in flight (``0`` removes the cap);
+        None leaves a value as it is. Queued jobs keep their place; the cap applies at once."""
+        _checked_share(weight, max_inflight_images)
+        key = keys.account(validate_account_name(name))
+        if not self._redis.exists(key):
+            raise NotFound(f"The account {name!r} does not exist.", param="account")
+        if weight is not None:
+            self._redis.hset(key, "weight", repr(float(weight)))
+        if max_inflight_images == 0:
+            self._redis.hdel(key, "max_inflight_images")
+        elif max_inflight_images is not None:
+            self._redis.hset(key, "max_inflight_images", max_inflight_images)
+        return self.share(name)
+
+    def share(self, name: str) -> Share:
+        """The account's weight and cap (the defaults for an account that has none)."""
+        weight, cap = self._redis.hmget(keys.account(name), "weight", "max_inflight_images")
+        return Share(
+            weight=float(weight) if weight else 1.0,
+            max_inflight_images=int(cap) if cap else None,
+        )
 
     def webhook_secret(self, name: str) -> str:
         """The account's webhook signing secret."""

@@ -21,6 +21,11 @@ __all__ = [
     "WEBHOOKS_DUE",
     "LEASES",
     "DISPATCH",
+    "INFLIGHT",
+    "FAIR_PREFIX",
+    "fair_queue",
+    "fair_clock",
+    "fair_tags",
 ]
 
 _P = "xsd:"
@@ -38,6 +43,12 @@ LEASES = _P + "leases"
 # tick sends them again. Whatever became of their message (an API killed before it sent
 # it, a message lost with a broker restart), an accepted job reaches a worker.
 DISPATCH = _P + "dispatch"
+# Images in flight (claimed, not finished): field ``acct:<account>`` per account (its cap
+# is checked against it) and ``queue:<queue>`` per GPU queue (the dashboard shows it).
+INFLIGHT = _P + "inflight"
+# Prefix of the per-GPU-queue sorted sets of waiting jobs (see :func:`fair_queue`). The
+# scripts that finish or delete a job derive its set from the ``queue`` field of its record.
+FAIR_PREFIX = _P + "fair:"
 
 
 def account(name: str) -> str:
@@ -83,3 +94,20 @@ def rate_window(bucket: str, window: int) -> str:
 def webhook_lock(job_id: str) -> str:
     """Short-lived lock held while one worker delivers a job's webhook."""
     return f"{_P}whlock:{job_id}"
+
+
+def fair_queue(queue: str) -> str:
+    """Sorted set of the jobs waiting for a GPU queue, scored by their virtual finish tag
+    (weighted fair queuing by account): workers take the lowest tags first."""
+    return FAIR_PREFIX + queue
+
+
+def fair_clock(queue: str) -> str:
+    """Hash of a GPU queue's fair-queuing state: the virtual time ``vt`` (the tag of the
+    last job taken) and the recent rate at which workers take its jobs."""
+    return f"{_P}fairclock:{queue}"
+
+
+def fair_tags(queue: str) -> str:
+    """Hash: account -> the finish tag of its last job queued on a GPU queue."""
+    return f"{_P}fairtags:{queue}"

@@ -12,6 +12,8 @@ import re
 
 from celery import Celery
 
+from ..jobs.records import JobRecord
+from ..jobs.sizes import size_class
 from ..settings import Settings
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "configure",
     "gpu_queue",
     "gpu_queues",
+    "job_queue",
     "send_prepare",
     "send_generate",
     "send_webhook",
@@ -39,6 +42,12 @@ def _slug(alias: str) -> str:
 def gpu_queue(model: str, size_class: str) -> str:
     """The GPU queue for a model alias and a size class."""
     return f"gpu.{_slug(model)}.{size_class}"
+
+
+def job_queue(record: JobRecord) -> str:
+    """The GPU queue of a prepared job (one whose pixels are known)."""
+    assert record.width is not None and record.height is not None
+    return gpu_queue(record.model, size_class(record.width, record.height))
 
 
 def gpu_queues(models: list[str]) -> list[str]:
@@ -93,7 +102,9 @@ def send_prepare(job_id: str) -> None:
 
 
 def send_generate(job_id: str, queue: str) -> None:
-    """Queue a job for a GPU worker."""
+    """Send a GPU queue one message for a job waiting in it. The message is a token: the
+    worker that gets it takes the fairest job waiting in the queue, which may be another
+    (see :meth:`scheduler.jobs.store.JobStore.pick`)."""
     app.send_task("xsd.generate", args=[job_id], queue=queue)
 
 

@@ -1,4 +1,5 @@
-"""Claiming for the generate stage: a batch's jobs claimed with leases and attempt numbers,
+"""Claiming for the generate stage: a batch's jobs claimed, fairest first across accounts,
+with leases and attempt numbers,
 the background watch that renews those leases and notices the jobs this worker no longer
 owns, and the recording of a claimed job's failure.
 
@@ -21,10 +22,11 @@ from storage import ObjectNotFound, StorageError
 from .. import metrics
 from ..jobs.records import JobRecord
 from ..jobs.sizes import size_class
-from ..jobs.states import ClaimOutcome, JobErrorCode
+from ..jobs.states import JobErrorCode
 from ..jobs.store import JobStore
 from ..redis.outage import Outage, is_outage
 from ..runtime import Runtime
+from .celery_app import gpu_queue
 from .lifecycle import Job
 
 __all__ = ["LeaseKeeper", "Claimed", "claim_all", "fail_claimed"]
@@ -159,34 +161,56 @@ def claim_all(
     runtime: Runtime, leases: LeaseKeeper, job_ids: Sequence[str], claimed: list[Claimed]
 ) -> None:
     """Claim what can be claimed, into ``claimed`` as it goes (so that a failure half-way
-    still knows which jobs this worker holds), each with its request ready to run."""
+    still knows which jobs this worker holds), each with its request ready to run.
+
+    Each message is a token for the GPU queue of the job it names: a batch of k messages
+    of a queue claims the k fairest jobs waiting there (:meth:`JobStore.pick`), whichever
+    jobs its messages named. A job queued twice runs once: a pick takes it out of its queue.
+    """
     lease_ms = runtime.settings.lease_seconds * 1000
-    for job_id in dict.fromkeys(job_ids):  # a job queued twice runs once
-        claim = runtime.jobs.claim(job_id, lease_ms=lease_ms)
-        if claim.outcome is not ClaimOutcome.CLAIMED:
-            continue  # busy: its worker is on it; terminal or gone: nothing to do
-        leases.hold(job_id, claim.attempt)
-        record = runtime.jobs.get(job_id)
-        if record is None or record.width is None or record.height is None:
-            leases.release(job_id)
-            continue
-        job = Claimed(Job.claimed(runtime, record, claim.attempt))
-        claimed.append(job)
-        waited = (runtime.jobs.now_ms() - record.created_ms) / 1000
-        metrics.QUEUE_WAIT.labels(size_class(record.width, record.height)).observe(waited)
-        try:
-            job.request = _request_for(runtime, record)
-        except (ObjectNotFound, PipelineError) as exc:
-            log.exception("could not load the references of %s", job_id)
-            fail_claimed(
-                leases,
-                job,
-                JobErrorCode.INTERNAL_ERROR,
-                f"The job's references could not be read ({type(exc).__name__})",
-            )
-        except StorageError as exc:
-            # The store is down: the job waits for it rather than failing. Its lease is let
-            # go, so the beat hands it to a worker again once the lease lapses.
-            log.warning("the references of %s cannot be read now (%s); later", job_id, exc)
-            job.settled = True
-            leases.release(job_id)
+    for queue, tokens in _tokens(runtime, job_ids).items():
+        for job_id, attempt in runtime.jobs.pick(queue, tokens, lease_ms=lease_ms):
+            leases.hold(job_id, attempt)
+            record = runtime.jobs.get(job_id)
+            if record is None or record.width is None or record.height is None:
+                leases.release(job_id)
+                continue
+            _ready(runtime, leases, Claimed(Job.claimed(runtime, record, attempt)), claimed)
+
+
+def _tokens(runtime: Runtime, job_ids: Sequence[str]) -> dict[str, int]:
+    """How many messages of a batch each GPU queue got, from the jobs they name. A message
+    naming a job that is gone, or was never routed, is no token."""
+    tokens: dict[str, int] = {}
+    for shape in runtime.jobs.shapes(job_ids):
+        if shape is not None:
+            queue = gpu_queue(shape[0], size_class(shape[1], shape[2]))
+            tokens[queue] = tokens.get(queue, 0) + 1
+    return tokens
+
+
+def _ready(runtime: Runtime, leases: LeaseKeeper, job: Claimed, claimed: list[Claimed]) -> None:
+    """Record a claimed job's wait and load its references."""
+    record = job.record
+    assert record.width is not None and record.height is not None
+    claimed.append(job)
+    waited = (runtime.jobs.now_ms() - record.created_ms) / 1000
+    metrics.QUEUE_WAIT.labels(
+        size_class(record.width, record.height), runtime.accounts.share(record.account).label
+    ).observe(waited)
+    try:
+        job.request = _request_for(runtime, record)
+    except (ObjectNotFound, PipelineError) as exc:
+        log.exception("could not load the references of %s", record.id)
+        fail_claimed(
+            leases,
+            job,
+            JobErrorCode.INTERNAL_ERROR,
+            f"The job's references could not be read ({type(exc).__name__})",
+        )
+    except StorageError as exc:
+        # The store is down: the job waits for it rather than failing. Its lease is let
+        # go, so the beat hands it to a worker again once the lease lapses.
+        log.warning("the references of %s cannot be read now (%s); later", record.id, exc)
+        job.settled = True
+        leases.release(record.id)

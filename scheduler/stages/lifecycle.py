@@ -22,7 +22,7 @@ from ..jobs.sizes import size_class
 from ..jobs.states import JobErrorCode, JobStatus
 from ..jobs.store import Finish
 from ..runtime import Runtime
-from .celery_app import send_webhook
+from .celery_app import job_queue, send_generate, send_webhook
 
 __all__ = ["WEBHOOK_GRACE_MS", "Job", "delete_job", "delete_objects"]
 
@@ -139,12 +139,25 @@ class Job:
     def _notify(self, finish: Finish) -> Finish:
         if finish.ok:
             metrics.XTOKENS_REFUNDED.inc(finish.refund)
+        if finish.ok and finish.freed_capped:
+            _send_tokens(self.record, finish.freed_capped)
         if finish.ok and self.record.webhook_url:
             try:
                 send_webhook(self.record.id)
             except Exception:  # the due-set entry guarantees a later attempt
                 log.warning("Could not queue the webhook of %s now; the tick will.", self.record.id)
         return finish
+
+
+def _send_tokens(record: JobRecord, count: int) -> None:
+    """The job gave back ``count`` images in flight under its account's cap: its queue gets
+    as many more messages, since picks that skipped that account's jobs spent the messages
+    they came with (the outbox sends jobs still waiting again in any case)."""
+    try:
+        for _ in range(count):
+            send_generate(record.id, job_queue(record))
+    except Exception:
+        log.warning("Could not send messages for %s's queue now.", record.id)
 
 
 def delete_objects(runtime: Runtime, record: JobRecord) -> None:
@@ -166,4 +179,8 @@ def delete_job(runtime: Runtime, record: JobRecord) -> int:
         raise
     refund = runtime.jobs.delete(record)
     metrics.XTOKENS_REFUNDED.inc(refund)
+    if record.status is JobStatus.PROCESSING:
+        cap = runtime.accounts.share(record.account).max_inflight_images
+        if cap is not None:
+            _send_tokens(record, record.image_count)
     return refund

@@ -1,5 +1,8 @@
 """The prepare stage (CPU queue): moderation, reference fetching, final size, routing.
 
+Routing puts the job in its GPU queue's fair order (:meth:`JobStore.enqueue`) and sends
+that queue one message: GPU workers take the fairest waiting jobs, one per message.
+
 Runs before any GPU time is spent. References are fetched through the SSRF guard, decoded
 with the pixel-bomb guard within the process's decode budget, reduced to
 ``REFERENCE_MAX_SIDE``, normalised to PNG and kept in the object store, where the GPU
@@ -106,11 +109,13 @@ def _prepare(runtime: Runtime, record: JobRecord) -> None:
         "height": str(height),
         "prepared_ms": str(runtime.jobs.now_ms()),
     }
-    if not runtime.jobs.update_queued(job_id, fields):
+    queue = gpu_queue(record.model, size_class(width, height))
+    if not runtime.jobs.enqueue(record, queue, fields):
         # Cancelled or deleted while we fetched: nothing will use the references.
         delete_objects(runtime, record)
         return
-    send_generate(job_id, gpu_queue(record.model, size_class(width, height)))
+    # The message is a token: the worker that gets it takes the fairest job of the queue.
+    send_generate(job_id, queue)
 
 
 def _fetch_all(runtime: Runtime, record: JobRecord) -> list[Image.Image]:

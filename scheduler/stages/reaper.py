@@ -13,13 +13,11 @@ import logging
 
 from storage import StorageError
 
-from ..jobs.records import JobRecord
-from ..jobs.sizes import size_class
 from ..jobs.states import JobStatus
 from ..jobs.store import ACTIVE_STATUSES
 from ..redis import keys
 from ..runtime import Runtime
-from .celery_app import gpu_queue, send_generate, send_prepare, send_webhook
+from .celery_app import job_queue, send_generate, send_prepare, send_webhook
 from .lifecycle import Job, delete_job
 
 __all__ = [
@@ -46,17 +44,13 @@ def reap_overdue(runtime: Runtime, now_ms: int) -> int:
     return count
 
 
-def _send_generate(record: JobRecord) -> None:
-    assert record.width is not None and record.height is not None
-    send_generate(record.id, gpu_queue(record.model, size_class(record.width, record.height)))
-
-
 def redispatch_unclaimed(runtime: Runtime, now_ms: int) -> int:
     """Send again the queued jobs in the outbox whose time has come: their first message
     was never sent (the API died after the debit) or was lost (a broker restart), or no
     worker took it in ``XSD_DISPATCH_RETRY_SECONDS``. Each one goes to the stage it is at
     (prepare, or its GPU queue) and waits twice as long before the next sending; a
-    duplicate message is harmless, since claims are idempotent."""
+    duplicate message is harmless, since claims are idempotent. A prepared job is put in
+    its queue's fair order first if it is not there (prepared by an older version)."""
     count = 0
     retry_ms = runtime.settings.dispatch_retry_seconds * 1000
     for job_id in runtime.jobs.due(keys.DISPATCH, now_ms=now_ms):
@@ -69,8 +63,8 @@ def redispatch_unclaimed(runtime: Runtime, now_ms: int) -> int:
         runtime.jobs.schedule(keys.DISPATCH, job_id, now_ms + int(retry_ms * 2**sends))
         if record.prepared_ms is None:
             send_prepare(job_id)
-        else:
-            _send_generate(record)
+        elif runtime.jobs.enqueue(record, job_queue(record), {}):
+            send_generate(job_id, job_queue(record))
         log.warning("sent %s again: no worker had claimed it (sending %d)", job_id, sends)
         count += 1
     return count
@@ -78,8 +72,9 @@ def redispatch_unclaimed(runtime: Runtime, now_ms: int) -> int:
 
 def redispatch_stale(runtime: Runtime, now_ms: int) -> int:
     """Queue again the processing jobs whose worker stopped renewing its lease (it died
-    or hung): a live worker will take them over under a new attempt number. Each stale
-    job is re-sent at most once per lease period."""
+    or hung): each goes back to the front of its queue's fair order, and a live worker
+    takes it over under a new attempt number. Each stale job is re-sent at most once per
+    lease period."""
     count = 0
     lease_ms = runtime.settings.lease_seconds * 1000
     for job_id in runtime.jobs.due(keys.LEASES, now_ms=now_ms):
@@ -88,7 +83,9 @@ def redispatch_stale(runtime: Runtime, now_ms: int) -> int:
             runtime.jobs.take_due(keys.LEASES, job_id)
             continue
         runtime.jobs.schedule(keys.LEASES, job_id, now_ms + lease_ms)
-        _send_generate(record)
+        if not runtime.jobs.requeue(job_id, job_queue(record)):
+            continue  # renewed or finished meanwhile
+        send_generate(job_id, job_queue(record))
         log.warning("re-dispatched %s: its worker's lease ran out", job_id)
         count += 1
     return count

@@ -7,6 +7,7 @@ import pytest
 
 from scheduler.jobs.records import ImageResult
 from scheduler.redis import keys
+from scheduler.stages.celery_app import job_queue
 from storage import ObjectNotFound
 
 from .conftest import RATE_LIMIT, VALID, Api
@@ -25,6 +26,24 @@ def test_post_answers_202_queued(api: Api) -> None:
     assert record["referencesCount"] == 0 and "images" not in record and "cost" not in record
     assert api.balance(key) == 990
     assert response.headers["X-RateLimit-Limit"] == str(RATE_LIMIT)
+
+
+def test_a_queued_job_shows_its_place_in_its_queue(api: Api) -> None:
+    key = api.new_key()
+    first, second = (api.post(key, VALID).json() for _ in range(2))
+    assert first["queue"] == {"position": None, "estimatedStartAt": None}, "not routed yet"
+    jobs = api.runtime.jobs
+    for job in (first, second):
+        record = jobs.get(job["requestId"])
+        assert record is not None
+        jobs.enqueue(record, job_queue(record), {"prepared_ms": str(jobs.now_ms())})
+    with api.http(key) as client:
+        view = client.get(f"/v1/generations/{second['requestId']}").json()
+        assert view["queue"] == {"position": 2, "estimatedStartAt": None}
+        jobs.pick(job_queue(record), 1, lease_ms=60_000)
+        view = client.get(f"/v1/generations/{second['requestId']}").json()
+        assert view["queue"]["position"] == 1
+        assert "queue" not in client.get(f"/v1/generations/{first['requestId']}").json()
 
 
 @pytest.mark.parametrize(
@@ -251,6 +270,7 @@ def test_ops_endpoints(api: Api) -> None:
     metrics = httpx.get(f"{api.base_url}/metrics").text
     assert 'xsd_http_requests_total{method="POST",route="/v1/generations",status="202"}' in metrics
     assert "req_" not in metrics, "no request ids in labels"
+    assert 'xsd_inflight_images{queue="gpu.xsd45.2k"}' in metrics
 
 
 def test_unknown_route_and_method(api: Api) -> None:

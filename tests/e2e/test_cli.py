@@ -172,6 +172,21 @@ def test_keys_revoke(env: dict[str, str]) -> None:
     assert processes_of(Path(env["XSD_DATA_DIR"])) == []
 
 
+def test_account_shares(env: dict[str, str]) -> None:
+    """An account's weight and cap are set with its key or later; bad values are refused."""
+    made = xsd("keys", "create", "--account", "acme", "--weight", "2", "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    capped = xsd("accounts", "set", "acme", "--max-in-flight-images", "16", env=env)
+    assert capped.stdout.strip() == "acme: weight 2, max in-flight images 16"
+    uncapped = xsd("accounts", "set", "acme", "--max-in-flight-images", "0", env=env)
+    assert uncapped.stdout.strip() == "acme: weight 2, max in-flight images none"
+    bad = xsd("accounts", "set", "acme", "--weight", "-1", env=env)
+    assert bad.returncode != 0 and "weight must be a number above 0" in bad.stderr
+    ghost = xsd("accounts", "set", "ghost", "--weight", "1", env=env)
+    assert ghost.returncode != 0 and "does not exist" in ghost.stderr
+    assert xsd("accounts", "set", "acme", env=env).returncode != 0
+
+
 def test_demo(env: dict[str, str], tmp_path: Path) -> None:
     result = xsd("demo", "--out", str(tmp_path / "demo"), env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -64,6 +64,8 @@ def test_sigkill_mid_job(crash_stack: Stack, webhook_receiver: WebhookReceiver) 
     assert stack.balance(key.account) == 960, "charged exactly once"
     stored = stack.redis.hget(f"xsd:job:{request_id}", "attempt")
     assert stored == "2", "a second attempt took the job over"
+    in_flight = stack.redis.hgetall("xsd:inflight")
+    assert f"acct:{key.account}" not in in_flight, "its images left the in-flight count once"
     (delivery,) = webhook_receiver.wait_for(1)
     time.sleep(2)
     assert len(webhook_receiver.deliveries) == 1 and delivery.verified

@@ -17,6 +17,7 @@ METRICS = {
     "xsd_http_requests_total",
     "xsd_http_request_duration_seconds_bucket",
     "xsd_queue_depth",
+    "xsd_inflight_images",
     "xsd_jobs_finished_total",
     "xsd_queue_wait_seconds_bucket",
     "xsd_gpu_seconds_bucket",

@@ -12,6 +12,7 @@ from scheduler.jobs.states import JobStatus
 from scheduler.jobs.store import JobStore
 from scheduler.runtime import Runtime, init
 from scheduler.settings import Settings
+from scheduler.stages.celery_app import job_queue
 
 _ids = itertools.count()
 
@@ -83,3 +84,11 @@ def accept(
         fingerprint=fingerprint,
         idempotency_ttl=86400,
     )
+
+
+def route(jobs: JobStore, record: JobRecord, **fields: str) -> str:
+    """Put an accepted job in its GPU queue's fair order as the prepare stage does, with
+    ``fields`` set on it; returns the queue's name."""
+    queue = job_queue(record)
+    assert jobs.enqueue(record, queue, fields)
+    return queue

@@ -15,7 +15,7 @@ from scheduler.runtime import Runtime
 from scheduler.stages.running import run_batch
 
 from .factories import accept as store
-from .factories import funded_runtime, job_record
+from .factories import funded_runtime, job_record, route
 
 
 @pytest.fixture
@@ -43,7 +43,9 @@ def accept(
     )
     store(rt.jobs, record, deadline_ms=record.created_ms + 600_000, purge_ms=10**15)
     if reference_keys:
-        rt.jobs.update_queued(record.id, {"reference_keys": f'["{reference_keys[0]}"]'})
+        route(rt.jobs, record, reference_keys=f'["{reference_keys[0]}"]')
+    else:
+        route(rt.jobs, record)
     return record.id
 
 

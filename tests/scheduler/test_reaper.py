@@ -16,7 +16,7 @@ from scheduler.stages.celery_app import CPU_QUEUE
 from scheduler.stages.reaper import tick
 
 from .factories import accept as store
-from .factories import funded_runtime, job_record
+from .factories import funded_runtime, job_record, route
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_a_prepared_job_whose_message_was_lost_goes_back_to_its_gpu_queue(
 ) -> None:
     now = runtime.jobs.now_ms()
     record = accept(runtime, deadline_ms=now + 600_000, purge_ms=now + 10**9, dispatch_at_ms=now)
-    runtime.jobs.update_queued(record.id, {"prepared_ms": str(now)})
+    route(runtime.jobs, record, prepared_ms=str(now))
     assert tick(runtime)["unclaimed"] == 1
     assert [
         json.loads(m)["headers"]["task"] for m in runtime.redis.lrange("gpu.xsd45.2k", 0, -1)

@@ -27,6 +27,7 @@ class Scripts:
         self.accept: Script = client.register_script(_source("accept"))
         self.claim: Script = client.register_script(_source("claim"))
         self.renew: Script = client.register_script(_source("renew"))
+        self.progress: Script = client.register_script(_source("progress"))
         self.update: Script = client.register_script(_source("update"))
         self.finish: Script = client.register_script(_source("finish"))
         self.delete: Script = client.register_script(_source("delete"))

@@ -12,6 +12,7 @@ from scheduler import QueueDepthCollector, RateStatus, Runtime, Service, registe
 
 from . import openapi, ops, routes
 from .errors import install_handlers, rate_limit_headers
+from .events import StreamSlots
 
 __all__ = ["create_app"]
 
@@ -45,6 +46,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     service = app.state.service = Service(runtime)
+    app.state.streams = StreamSlots()
     register_once("queue_depth", QueueDepthCollector(service.queue_length, service.queue_names))
     install_handlers(app)
     app.include_router(routes.router)

@@ -265,6 +265,19 @@ def ok(
 
 
 EVENTS_MEDIA_TYPE = "text/event-stream"
+# One event of the stream (schemathesis checks each event against it).
+_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "progress", "done", "error"]},
+        "data": {
+            "type": "string",
+            "description": "JSON: the record (GenerationRecord), or for `error` an ErrorBody.",
+        },
+        "id": {"type": "string", "description": "Send back as `Last-Event-ID` to resume."},
+    },
+}
 
 
 def events_ok() -> dict[int | str, dict[str, Any]]:
@@ -279,11 +292,7 @@ def events_ok() -> dict[int | str, dict[str, Any]]:
                 "`Last-Event-ID` and an unchanged state is not sent again. A b64_json "
                 "record's images come as signed URLs."
             ),
-            "content": {
-                EVENTS_MEDIA_TYPE: {
-                    "schema": {"type": "string", "description": "event: ...\ndata: {record}"}
-                }
-            },
+            "content": {EVENTS_MEDIA_TYPE: {"schema": _EVENT_SCHEMA}},
             "headers": dict(_RATE_HEADERS),
         }
     }

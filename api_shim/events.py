@@ -39,7 +39,7 @@ __all__ = [
     "released",
 ]
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0
 MAX_STREAM_SECONDS = 300.0
 # Open streams one API process serves one key (each polls Redis twice a second).

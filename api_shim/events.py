@@ -116,8 +116,11 @@ class StreamSlots:
         self.limit = limit
         self._open: Counter[str] = Counter()
 
-    def acquire(self, key_id: str) -> None:
-        """One more stream of ``key_id``; 429 beyond the limit."""
+    def acquire(self, key_id: str) -> Callable[[], None]:
+        """One more stream of ``key_id`` (429 beyond the limit); returns its release, which
+        frees the slot once however often it is called (a stream's end and the response's
+        background task both call it: a client gone before the stream started reaches only
+        the second)."""
         if self._open[key_id] >= self.limit:
             raise RateLimited(
                 f"This key has {self.limit} event streams open on this server; close one "
@@ -126,12 +129,18 @@ class StreamSlots:
                 retry_after=RECONNECT_MS // 1000,
             )
         self._open[key_id] += 1
+        done = False
 
-    def release(self, key_id: str) -> None:
-        """A stream of ``key_id`` ended."""
-        self._open[key_id] -= 1
-        if self._open[key_id] <= 0:
-            del self._open[key_id]
+        def release() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            self._open[key_id] -= 1
+            if not self._open[key_id]:
+                del self._open[key_id]
+
+        return release
 
     def open(self, key_id: str) -> int:
         """How many streams of ``key_id`` are open."""

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, 
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from scheduler import AuthenticationFailed, Principal, Service
@@ -220,15 +221,16 @@ async def generation_events(
     # Before the stream starts: an unknown id is a 404, an outage a 503.
     first = await run_in_threadpool(service.watch, principal, request_id)
     streams: StreamSlots = request.app.state.streams
-    streams.acquire(principal.key_id)
+    release = streams.acquire(principal.key_id)
     events = record_events(
         first,
         lambda: run_in_threadpool(service.watch, principal, request_id),
         last_event_id=last_event_id,
     )
     return EventStreamResponse(
-        released(events, lambda: streams.release(principal.key_id)),
+        released(events, release),
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(release),
     )
 
 

@@ -98,7 +98,8 @@ class StandInGenerator:
         """Each request's images after the batch's GPU time, spread over the steps of the
         longest request; a request for which ``cancelled`` turns true leaves at the next
         step, gets :class:`RequestCancelled` and stops costing time. ``on_progress`` hears
-        each active request's steps, as the real model reports them."""
+        each active request's simulated steps (the stand-in does not refine: 30 at any
+        size)."""
         start = self._clock()
         # Made up front, inside the batch's time: the wait below absorbs their cost.
         images = [

@@ -12,13 +12,16 @@ import pytest
 import redis
 
 import api_shim.events as events_module
-from api_shim.client import XsdClient
+from api_shim.app import create_app
+from api_shim.client import ApiError, XsdClient
 from api_shim.events import KEEPALIVE_SECONDS, StreamSlots, record_events, released
 from api_shim.sse import ServerEvent, parse_events
 from scheduler import RateLimited
 from scheduler.jobs.states import JobErrorCode
+from scheduler.redis.embedded import free_port
+from scheduler.runtime import Runtime
 
-from .conftest import VALID, Api
+from .conftest import VALID, Api, serving
 
 
 def events_of(response: httpx.Response) -> Iterator[ServerEvent]:
@@ -128,6 +131,31 @@ def test_the_client_streams_and_resumes_across_ended_connections(
         assert second.data["status"] == "processing", "nothing seen is sent again"
         fail(api, job_id, attempt)
         assert [event.event for event in stream] == ["done"]
+
+
+def test_the_client_polls_a_server_without_the_endpoint(api: Api) -> None:
+    # The same API on the same Redis, as a server from before the endpoint existed.
+    settings = api.runtime.settings.model_copy(update={"port": free_port()})
+    runtime = Runtime(settings=settings, redis_url=api.runtime.redis_url)
+    app = create_app(runtime)
+    app.router.routes = [
+        route for route in app.router.routes if not getattr(route, "path", "").endswith("/events")
+    ]
+    key = api.new_key()
+    job_id = api.post(key, VALID).json()["requestId"]
+    with serving(runtime, app) as base_url, XsdClient(base_url, key.api_key) as client:
+        with pytest.raises(ApiError) as missing:
+            next(client.stream("req_doesnotexist0000", poll_interval=0.05))
+        assert missing.value.status == 404, "an unknown record still raises"
+        stream = client.stream(job_id, poll_interval=0.05)
+        assert next(stream).data["status"] == "queued"
+        attempt = claim(api, job_id)
+        assert next(stream).data["status"] == "processing"
+        api.runtime.jobs.record_progress([(job_id, attempt, 1, 4)])
+        progress = next(stream)
+        assert progress.event == "progress" and progress.data["progress"]["stepsDone"] == 1
+        fail(api, job_id, attempt)
+        assert [(e.event, e.data["status"]) for e in stream] == [("done", "failed")]
 
 
 def run(events: Any) -> list[bytes]:

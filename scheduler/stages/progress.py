@@ -43,6 +43,7 @@ class ProgressWriter:
         self._interval, self._clock = interval, clock
         self._pending: dict[str, tuple[int, int]] = {}
         self._last_write = -math.inf
+        # Round trips made so far (what the capacity model counts).
         self.writes = 0
 
     def report(self, job_id: str, done: int, total: int) -> None:

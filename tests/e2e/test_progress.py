@@ -7,9 +7,12 @@ model's path is ``tests/e2e/test_cli.py``'s ``xsd generate``."""
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +76,32 @@ def test_xsd_generate_prints_plain_lines_off_a_terminal(stack: Stack, tmp_path: 
     assert steps and steps == sorted(steps), lines
     assert re.fullmatch(rf"{job_id}  succeeded +[\d.]+ s", lines[-2]), lines
     assert lines[-1] == f"saved image 1/1: {saved}"
+
+
+def test_xsd_generate_draws_a_bar_on_a_terminal(stack: Stack, tmp_path: Path) -> None:
+    key = stack.new_key()
+    terminal, stderr = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api_shim", "generate", PROMPT, "--out", str(tmp_path),
+         "--api-url", stack.base_url, "--api-key", key.api_key, "--email", EMAIL],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=stderr,
+    )  # fmt: skip
+    os.close(stderr)
+    drawn = b""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if select.select([terminal], [], [], 1)[0]:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # the child closed its end
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    os.close(terminal)
+    assert process.wait(timeout=30) == 0, drawn.decode(errors="replace")
+    text = drawn.decode()
+    assert "\x1b[K" in text, "the line is redrawn in place"
+    assert re.search(r"\rreq_\w+  processing  \[#*-*\] +\d+%  \d+/30 steps", text), text
+    assert re.search(r"saved image 1/1: .+\.png", text), text

@@ -19,6 +19,7 @@ from scheduler import (
 
 from . import openapi, ops, routes
 from .errors import install_handlers, rate_limit_headers
+from .events import StreamSlots
 
 __all__ = ["create_app"]
 
@@ -52,6 +53,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     service = app.state.service = Service(runtime)
+    app.state.streams = StreamSlots()
     register_once("queue_depth", QueueDepthCollector(service.queue_length, service.queue_names))
     register_once("in_flight", InFlightCollector(service.in_flight))
     install_handlers(app)

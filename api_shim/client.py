@@ -8,13 +8,16 @@
         job = client.create_generation(endUserEmail="alice@your-product.com",
                                        model="xSD4.5", prompt="A lighthouse at dawn")
         done = client.wait(job["requestId"])
+        # or follow it as it runs: status, queue position, denoising steps
+        for event in client.stream(job["requestId"]):
+            print(event.event, event.data["status"], event.data.get("progress"))
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import httpx
 from scheduler import SignatureError, verify
 
 from .exceptions import ApiError, ImageUnavailable, XsdError
+from .sse import ServerEvent, parse_events
 
 __all__ = [
     "XsdClient",
@@ -31,6 +35,7 @@ __all__ = [
     "ImageUnavailable",
     "verify_webhook",
     "SignatureError",
+    "ServerEvent",
     "TERMINAL_STATUSES",
 ]
 
@@ -193,6 +198,75 @@ class XsdClient:
                 raise TimeoutError(
                     f"{request_id} is still {record['status']} after {timeout:.0f} s."
                 )
+            time.sleep(interval)
+
+    def stream(
+        self, request_id: str, *, timeout: float = 900.0, poll_interval: float = 5.0
+    ) -> Iterator[ServerEvent]:
+        """The generation's changes as they happen, from ``GET /v1/generations/:id/events``:
+        ``status`` and ``progress`` events carrying the record, then ``done`` with the final
+        record. A dropped or ended connection is reopened with ``Last-Event-ID`` (nothing
+        seen is sent again); a server without the endpoint is polled every
+        ``poll_interval`` seconds instead, giving the same events without ids."""
+        deadline = time.monotonic() + timeout
+        last_id: str | None = None
+        wait = RETRY_FIRST_SECONDS
+        while True:
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                with self._http.stream(
+                    "GET", f"/v1/generations/{request_id}/events", headers=headers
+                ) as response:
+                    if response.status_code in (404, 405) or (
+                        response.is_success
+                        and not response.headers.get("content-type", "").startswith(
+                            "text/event-stream"
+                        )
+                    ):
+                        yield from self._polled(request_id, deadline, poll_interval)
+                        return
+                    if response.is_error:
+                        response.read()
+                        if response.status_code != 503:
+                            self._answer(response)  # raises its ApiError
+                    else:
+                        for event in parse_events(response.iter_lines()):
+                            if event.event == "error":
+                                error = event.data["error"]
+                                if error["code"] != "service_unavailable":
+                                    raise ApiError(
+                                        error["code"], error["message"], param=error.get("param")
+                                    )
+                                break
+                            last_id = event.id or last_id
+                            wait = RETRY_FIRST_SECONDS
+                            yield event
+                            if event.event == "done":
+                                return
+            except httpx.TransportError:
+                pass
+            # The stream ended before the record did (or the service was away): reopen it.
+            if time.monotonic() + wait > deadline:
+                raise TimeoutError(f"{request_id} did not finish within {timeout:.0f} s.")
+            time.sleep(wait)
+            wait = min(RETRY_MAX_SECONDS, wait * 2)
+
+    def _polled(self, request_id: str, deadline: float, interval: float) -> Iterator[ServerEvent]:
+        """:meth:`stream` by polling, for a server without the events endpoint (a record
+        that does not exist raises as GET does)."""
+        seen: tuple[Any, ...] | None = None
+        while True:
+            record = self.get_generation(request_id)
+            state = (record["status"], record.get("progress"), record.get("queue"))
+            if record["status"] in TERMINAL_STATUSES:
+                yield ServerEvent("done", record)
+                return
+            if state != seen:
+                kind = "progress" if seen is not None and seen[0] == state[0] else "status"
+                yield ServerEvent(kind, record)
+                seen = state
+            if time.monotonic() + interval > deadline:
+                raise TimeoutError(f"{request_id} is still {record['status']}.")
             time.sleep(interval)
 
     def download(self, image: dict[str, Any], path: Path) -> Path:

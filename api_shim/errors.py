@@ -32,7 +32,7 @@ from scheduler import (
 
 from .exceptions import ApiError, ErrorCode
 
-__all__ = ["error_response", "install_handlers", "rate_limit_headers"]
+__all__ = ["as_api_error", "error_body", "error_response", "install_handlers", "rate_limit_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,14 @@ _FORBIDDEN_STATUS = 403
 _INTERNAL = ApiError(ErrorCode.INTERNAL_ERROR, "An internal error occurred.")
 
 
+def error_body(error: ApiError) -> dict[str, Any]:
+    """``error`` in the spec's error format."""
+    return {"error": {"code": str(error.code), "message": error.message, "param": error.param}}
+
+
 def error_response(error: ApiError) -> JSONResponse:
     """The answer to ``error``, in the spec's error format."""
-    body: dict[str, Any] = {
-        "error": {"code": str(error.code), "message": error.message, "param": error.param}
-    }
-    return JSONResponse(body, status_code=error.status, headers=error.headers)
+    return JSONResponse(error_body(error), status_code=error.status, headers=error.headers)
 
 
 def rate_limit_headers(*, limit: int, remaining: int, reset_seconds: int) -> dict[str, str]:
@@ -80,16 +82,18 @@ def _headers_of(exc: SchedulerError) -> dict[str, str] | None:
     return None
 
 
-def _scheduler_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, SchedulerError)
+def _from_scheduler(exc: SchedulerError) -> ApiError:
     code = next((code for cls, code in _CODES if isinstance(exc, cls)), None)
     if code is None:
         log.error("unmapped scheduler error: %r", exc)
-        return error_response(_INTERNAL)
+        return _INTERNAL
     status = _FORBIDDEN_STATUS if isinstance(exc, Forbidden) else None
-    return error_response(
-        ApiError(code, exc.message, status=status, param=exc.param, headers=_headers_of(exc))
-    )
+    return ApiError(code, exc.message, status=status, param=exc.param, headers=_headers_of(exc))
+
+
+def _scheduler_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SchedulerError)
+    return error_response(_from_scheduler(exc))
 
 
 def _api_error(_: Request, exc: Exception) -> JSONResponse:
@@ -137,22 +141,36 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_UNAVAILABLE = ApiError(
+    ErrorCode.SERVICE_UNAVAILABLE,
+    "The service is briefly unavailable: its database cannot be reached. Retry in a "
+    "few seconds; a POST retried with the same Idempotency-Key is never charged twice.",
+    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+)
+
+
 def _outage(request: Request, exc: Exception) -> JSONResponse:
     # One log line per outage (not a traceback per request); the client retries.
     request.app.state.service.outage.failed(exc)
-    return error_response(
-        ApiError(
-            ErrorCode.SERVICE_UNAVAILABLE,
-            "The service is briefly unavailable: its database cannot be reached. Retry in a "
-            "few seconds; a POST retried with the same Idempotency-Key is never charged twice.",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
-    )
+    return error_response(_UNAVAILABLE)
 
 
 def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return error_response(_INTERNAL)
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """The error ``exc`` is answered with, for where it can no longer set the status (an
+    event stream already under way); logged as the handlers log it."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, SchedulerError):
+        return _from_scheduler(exc)
+    if isinstance(exc, OUTAGE_ERRORS):
+        return _UNAVAILABLE
+    log.exception("unhandled error", exc_info=exc)
+    return _INTERNAL
 
 
 def install_handlers(app: FastAPI) -> None:

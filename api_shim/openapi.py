@@ -35,6 +35,7 @@ __all__ = [
     "ModelList",
     "Usage",
     "errors",
+    "events_ok",
     "install",
     "ok",
 ]
@@ -112,6 +113,15 @@ class QueuePlace(BaseModel):
     )
 
 
+class Progress(BaseModel):
+    """Denoising steps done of the job's schedule (refinement included; a job of several
+    images counts their mean)."""
+
+    fraction: float = Field(ge=0, le=1)
+    stepsDone: int
+    stepsTotal: int
+
+
 class GenerationRecord(BaseModel):
     """A generation, as polls return it and webhooks deliver it."""
 
@@ -125,6 +135,9 @@ class GenerationRecord(BaseModel):
     input: dict[str, Any] = Field(description="What reproduces the generation.")
     pollUrl: str | None = Field(None, description="While queued.")
     queue: QueuePlace | None = Field(None, description="While queued.")
+    progress: Progress | None = Field(
+        None, description="While processing, once its worker has run a step (an addition)."
+    )
     images: list[Image] | None = Field(None, description="Once succeeded.")
     cost: Cost | None = Field(None, description="Once succeeded.")
     error: JobError | None = Field(None, description="Once failed.")
@@ -265,12 +278,55 @@ def ok(
     return {status: response}
 
 
+EVENTS_MEDIA_TYPE = "text/event-stream"
+# One event of the stream (schemathesis checks each event against it).
+_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "progress", "done", "error"]},
+        "data": {
+            "type": "string",
+            "description": "JSON: the record (GenerationRecord), or for `error` an ErrorBody.",
+        },
+        "id": {"type": "string", "description": "Send back as `Last-Event-ID` to resume."},
+    },
+}
+
+
+def events_ok() -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses`` for the event stream of a generation."""
+    return {
+        200: {
+            "description": (
+                "Server-Sent Events. `status` and `progress` events carry the record (as a poll "
+                "returns it) when its status, `progress` or `queue` changes; `done` carries the "
+                "final record, then the stream ends; `error` carries an error in the error "
+                "format, then the stream ends. Event ids resume: reconnect with "
+                "`Last-Event-ID` and an unchanged state is not sent again. A b64_json "
+                "record's images come as signed URLs."
+            ),
+            "content": {EVENTS_MEDIA_TYPE: {"schema": _EVENT_SCHEMA}},
+            "headers": dict(_RATE_HEADERS),
+        }
+    }
+
+
 def _body_schemas(models: list[str]) -> dict[str, Any]:
     schema = GenerationBody.model_json_schema(ref_template=_COMPONENTS + "{model}")
     nested = schema.pop("$defs", {})
     # The aliases are known at start: listing them lets clients and fuzzers send valid ones.
     schema["properties"]["model"]["enum"] = models
     return {GenerationBody.__name__: schema, **nested}
+
+
+def _errors_as_json(responses: dict[str, Any]) -> None:
+    """Errors are JSON even where a success is not (the event stream's route documents its
+    every response in its own media type)."""
+    for status, response in responses.items():
+        content = response.get("content")
+        if not status.startswith("2") and content and "application/json" not in content:
+            response["content"] = {"application/json": next(iter(content.values()))}
 
 
 def install(app: FastAPI, models: Callable[[], list[str]]) -> None:
@@ -287,6 +343,7 @@ def install(app: FastAPI, models: Callable[[], list[str]]) -> None:
             for operations in document["paths"].values():
                 for operation in operations.values():
                     operation["responses"].pop("422", None)
+                    _errors_as_json(operation["responses"])
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
             for unused in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(unused, None)

@@ -14,14 +14,17 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, 
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from scheduler import AuthenticationFailed, Principal, Service
 
 from .body import JSON_MEDIA_TYPE, check_media_type, parse_object, read_body
+from .events import StreamSlots, record_events, released
 from .exceptions import ApiError, ErrorCode
 from .openapi import (
     BODY_REF,
+    EVENTS_MEDIA_TYPE,
     RECORD_LINKS,
     Account,
     DeleteResult,
@@ -31,6 +34,7 @@ from .openapi import (
     ModelList,
     Usage,
     errors,
+    events_ok,
     ok,
 )
 from .schemas import (
@@ -191,6 +195,43 @@ def get_generation(request: Request, request_id: str, principal: Reader) -> Resp
     if isinstance(answer, dict):
         return JSONResponse(answer)
     return StreamingResponse(answer, media_type="application/json")
+
+
+class EventStreamResponse(StreamingResponse):
+    """A ``text/event-stream`` that proxies neither cache nor buffer."""
+
+    media_type = EVENTS_MEDIA_TYPE
+
+
+@router.get(
+    "/generations/{request_id}/events",
+    summary="Follow a generation as Server-Sent Events",
+    response_class=EventStreamResponse,
+    responses={**events_ok(), **errors(401, 404, 429, 500, 503)},
+)
+async def generation_events(
+    request: Request,
+    request_id: str,
+    principal: Reader,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventStreamResponse:
+    """The record's changes until it ends (see :mod:`api_shim.events`). Opening a stream
+    counts as a read; a key holds a bounded number of streams open at once."""
+    service = service_of(request)
+    # Before the stream starts: an unknown id is a 404, an outage a 503.
+    first = await run_in_threadpool(service.watch, principal, request_id)
+    streams: StreamSlots = request.app.state.streams
+    release = streams.acquire(principal.key_id)
+    events = record_events(
+        first,
+        lambda: run_in_threadpool(service.watch, principal, request_id),
+        last_event_id=last_event_id,
+    )
+    return EventStreamResponse(
+        released(events, release),
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(release),
+    )
 
 
 @router.get(

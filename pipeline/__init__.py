@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .buckets import bucket_for
 from .errors import InvalidImage, InvalidInput, ModelUnavailable, PipelineError, RequestCancelled
 from .images import DecodeBudget, decode_image, encode_png
+from .progress import ProgressCallback
 from .prompts import LONGEST_TOKEN_BYTES, count_prompt_tokens, enumerate_items
 from .registry import ModelRegistry, ModelSpec
 from .request import MAX_REFERENCES, GenerationRequest
@@ -33,6 +34,7 @@ __all__ = [
     "ModelSpec",
     "ModelUnavailable",
     "PipelineError",
+    "ProgressCallback",
     "RequestCancelled",
     "bucket_for",
     "count_prompt_tokens",

@@ -23,12 +23,20 @@ from .acceleration import Acceleration
 from .components import build_components
 from .errors import InvalidInput, PipelineError, RequestCancelled
 from .geometry import Size
+from .progress import ProgressCallback, StepTally
 from .prompts import frame_prompts
-from .refine import Refiner
+from .refine import Refiner, refine_steps
 from .registry import ModelSpec
 from .request import MAX_REFERENCES, GenerationRequest
 from .roles import parse_roles
-from .sdxl import CancelCheck, ReferenceInput, Sample, SDXLPipeline, StepCallback
+from .sdxl import (
+    AdvanceCallback,
+    CancelCheck,
+    ReferenceInput,
+    Sample,
+    SDXLPipeline,
+    StepCallback,
+)
 from .watermark import add_watermark
 
 __all__ = [
@@ -85,6 +93,15 @@ class ImageGenerator:
         """The resolution the request is generated at before resizing."""
         return self.spec.bucket(request.width, request.height)
 
+    def schedule(self, request: GenerationRequest) -> int:
+        """The denoising steps each of the request's images runs: its bucket's, then the
+        refinement's when its output size gains from one (2K, 4K)."""
+        steps = request.steps or self.spec.steps
+        size = self.refiner.working_size(request.width, request.height)
+        if self.refiner.needed(self.bucket(request), size):
+            return steps + refine_steps(steps)
+        return steps
+
     def samples(self, request: GenerationRequest, *, group: int = 0) -> list[Sample]:
         """The request's images as pipeline samples, in seed order. Every sample carries
         the request's references with the roles the prompt gives them; the frames of a
@@ -121,12 +138,15 @@ class ImageGenerator:
         *,
         on_step: StepCallback | None = None,
         cancelled: RequestCheck | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> list[BatchOutcome]:
         """Several requests, sharing forward passes where their bucket and step count
         agree. Each request gets its images or its own error: an invalid request, or one
         the model fails on, does not fail its neighbours. A request for which
         ``cancelled`` turns true leaves the batch at the next denoising step and gets
-        :class:`RequestCancelled`; the others go on as they would have without it."""
+        :class:`RequestCancelled`; the others go on as they would have without it.
+        ``on_progress`` hears each request's steps (see :mod:`pipeline.progress`)."""
+        tally = StepTally(on_progress) if on_progress is not None else None
         outcomes: list[BatchOutcome | None] = [None] * len(requests)
         groups: dict[tuple[Size, int], list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
@@ -139,7 +159,7 @@ class ImageGenerator:
             groups[(self.bucket(request), steps)].append(index)
         for (bucket, steps), members in groups.items():
             for index, images in self._run_group(
-                [(i, requests[i]) for i in members], bucket, steps, on_step, cancelled
+                [(i, requests[i]) for i in members], bucket, steps, on_step, cancelled, tally
             ):
                 outcomes[index] = images
         assert all(outcome is not None for outcome in outcomes)
@@ -152,11 +172,18 @@ class ImageGenerator:
         steps: int,
         on_step: StepCallback | None,
         cancelled: RequestCheck | None,
+        tally: StepTally | None,
     ) -> list[tuple[int, BatchOutcome]]:
         # A request's position is its group id: unique within the batch.
         per_request = [
             self.samples(request, group=position) for position, (_, request) in enumerate(members)
         ]
+        on_advance = None
+        if tally is not None:
+            # Counted afresh when a failed batch is run again one request at a time.
+            for (_, request), samples in zip(members, per_request, strict=True):
+                tally.add(request.request_id, samples, self.schedule(request))
+            on_advance = tally.advanced
         flat = [sample for group in per_request for sample in group]
         outputs = [
             request.size
@@ -176,6 +203,7 @@ class ImageGenerator:
                         steps=steps,
                         on_step=on_step,
                         cancelled=check,
+                        on_advance=on_advance,
                     )
                 ),
             )
@@ -195,6 +223,7 @@ class ImageGenerator:
                 steps,
                 on_step,
                 check,
+                on_advance,
             )
         except Exception as exc:
             if len(members) == 1:
@@ -207,7 +236,7 @@ class ImageGenerator:
             return [
                 outcome
                 for member in members
-                for outcome in self._run_group([member], bucket, steps, on_step, cancelled)
+                for outcome in self._run_group([member], bucket, steps, on_step, cancelled, tally)
             ]
         images_of = dict(zip(kept, raw, strict=True))
         finished = stopped()
@@ -231,6 +260,7 @@ class ImageGenerator:
         steps: int,
         on_step: StepCallback | None,
         cancelled: CancelCheck | None,
+        on_advance: AdvanceCallback | None,
     ) -> list[Image.Image]:
         """The samples' images at their ``outputs`` sizes from their bucket latents:
         upscaled and refined at their working size where that gains detail, in one pass
@@ -255,6 +285,7 @@ class ImageGenerator:
                         outputs=ends[chunk],
                         on_step=on_step,
                         cancelled=cancelled,
+                        on_advance=on_advance,
                     ),
                 )
             else:

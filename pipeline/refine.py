@@ -38,6 +38,7 @@ from PIL import Image
 
 from .geometry import Offset, Size
 from .sdxl import (
+    AdvanceCallback,
     CancelCheck,
     Conditioning,
     NoisePredictor,
@@ -46,6 +47,7 @@ from .sdxl import (
     StepCallback,
     resize_pixels,
     rows_stopped,
+    step_callback,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "Tile",
     "TiledPredictor",
     "chunks",
+    "refine_steps",
     "tile_grid",
     "vae_tiling",
 ]
@@ -70,6 +73,11 @@ MIN_AREA = 1.25
 _NOISE_STREAM = 1 << 20
 # SDXL's base resolution: other models' working sizes scale by theirs over this.
 _SDXL_BASE = 1024
+
+
+def refine_steps(steps: int) -> int:
+    """The steps a refinement runs for a schedule of ``steps``: its last :data:`STRENGTH`."""
+    return max(1, round(steps * STRENGTH))
 
 
 @dataclass(frozen=True)
@@ -165,15 +173,25 @@ class Refiner:
         outputs: Sequence[Size],
         on_step: StepCallback | None = None,
         cancelled: CancelCheck | None = None,
+        on_advance: AdvanceCallback | None = None,
     ) -> list[Image.Image]:
         """The images of bucket ``latents`` (one per sample) refined at ``width x height``
         and resized to their ``outputs``. A sample that ``cancelled`` stops leaves the
-        batch; its image is unfinished, for the caller to drop."""
+        batch; its image is unfinished, for the caller to drop. ``on_advance`` hears which
+        samples each step advanced (the chunks below run one after another)."""
         self.pipeline.check_inputs(samples, width, height, steps)
         bucket_area = self.base_resolution**2
         if width * height > WHOLE_AREA * bucket_area:
             return self._refine(
-                samples, latents, width, height, steps, outputs, on_step, cancelled, tiled=True
+                samples,
+                latents,
+                width,
+                height,
+                steps,
+                outputs,
+                step_callback(on_step, on_advance, samples),
+                cancelled,
+                tiled=True,
             )
         # Whole latents: as many samples per call as fit the pixels of a bucket pass.
         rows = max(1, len(samples) * bucket_area // (width * height))
@@ -186,7 +204,7 @@ class Refiner:
                 height,
                 steps,
                 outputs[start:stop],
-                on_step,
+                step_callback(on_step, on_advance, samples[start:stop]),
                 cancelled,
                 tiled=False,
             )
@@ -211,7 +229,7 @@ class Refiner:
         # 2. The last STRENGTH of the schedule.
         scheduler = pipeline.components.scheduler
         scheduler.set_timesteps(steps, device=pipeline.device)
-        start = steps - max(1, round(steps * STRENGTH))
+        start = steps - refine_steps(steps)
         timesteps = scheduler.timesteps[start:]
         scheduler.set_begin_index(start * scheduler.order)
         # 3. The upscaled images' latents, noised to the first of those timesteps.

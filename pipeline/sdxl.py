@@ -52,14 +52,18 @@ __all__ = [
     "SDXLPipeline",
     "RowCheck",
     "StepCallback",
+    "AdvanceCallback",
     "frame_groups",
     "resize_pixels",
     "rows_stopped",
     "size_ids",
+    "step_callback",
 ]
 
 # Called after each denoising step with (step index, seconds the step took).
 StepCallback = Callable[[int, float], None]
+# Called after each denoising step with the samples it advanced (per-request progress).
+AdvanceCallback = Callable[[Sequence["Sample"]], None]
 # Guided noise for (scaled latents, timestep, conditioning).
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor, "Conditioning"], torch.Tensor]
 # Asked between denoising steps: True for a sample whose work is no longer wanted (its
@@ -432,6 +436,7 @@ class SDXLPipeline:
         steps: int,
         on_step: StepCallback | None = None,
         cancelled: CancelCheck | None = None,
+        on_advance: AdvanceCallback | None = None,
     ) -> torch.Tensor:
         """Denoised latents, one per sample, for ``width x height`` images; a sample that
         ``cancelled`` stops leaves the batch and its latents are not finished."""
@@ -448,7 +453,7 @@ class SDXLPipeline:
             latents,
             cond,
             scheduler.timesteps,
-            on_step=on_step,
+            on_step=step_callback(on_step, on_advance, samples),
             stopped=rows_stopped(samples, cancelled),
         )
 
@@ -465,6 +470,23 @@ class SDXLPipeline:
         """Generate one image per sample at ``width x height``."""
         latents = self.latents(samples, width=width, height=height, steps=steps, on_step=on_step)
         return self.decode(latents)
+
+
+def step_callback(
+    on_step: StepCallback | None, on_advance: AdvanceCallback | None, samples: Sequence[Sample]
+) -> StepCallback | None:
+    """One step callback for a denoising call over ``samples``: ``on_step``, then
+    ``on_advance`` with those samples (rows that left the call keep being named: their
+    requests are no longer anyone's to report)."""
+    if on_advance is None:
+        return on_step
+
+    def step(index: int, seconds: float) -> None:
+        if on_step is not None:
+            on_step(index, seconds)
+        on_advance(samples)
+
+    return step
 
 
 def resize_pixels(pixels: torch.Tensor, size: Size) -> torch.Tensor:

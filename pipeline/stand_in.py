@@ -24,6 +24,7 @@ from PIL import Image
 
 from .errors import PipelineError, RequestCancelled
 from .geometry import Size
+from .progress import ProgressCallback
 from .registry import SDXL_RANDOM, ModelRegistry, ModelSpec
 from .request import GenerationRequest
 from .watermark import add_watermark
@@ -92,10 +93,13 @@ class StandInGenerator:
         *,
         on_step: Callable[[int, float], None] | None = None,
         cancelled: Callable[[str], bool] | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> list[BatchOutcome]:
         """Each request's images after the batch's GPU time, spread over the steps of the
         longest request; a request for which ``cancelled`` turns true leaves at the next
-        step, gets :class:`RequestCancelled` and stops costing time."""
+        step, gets :class:`RequestCancelled` and stops costing time. ``on_progress`` hears
+        each active request's simulated steps (the stand-in does not refine: 30 at any
+        size)."""
         start = self._clock()
         # Made up front, inside the batch's time: the wait below absorbs their cost.
         images = [
@@ -114,6 +118,10 @@ class StandInGenerator:
             self._sleep(max(0.0, deadline - step_start))
             if on_step is not None:
                 on_step(step, self._clock() - step_start)
+            if on_progress is not None:
+                for i in sorted(active):
+                    own = requests[i].steps or self.spec.steps
+                    on_progress(requests[i].request_id, min(step + 1, own), own)
         outcomes: list[BatchOutcome] = []
         for index, request in enumerate(requests):
             if index not in active:

@@ -187,6 +187,11 @@ class Service:
             return self._view(record)
         return stream_view(record, **self._view_context())
 
+    def watch(self, principal: Principal, job_id: str) -> dict[str, Any]:
+        """The record as ``GET /v1/generations/:id/events`` sends it: as a poll returns it,
+        but with a ``b64_json`` record's images as signed URLs (an event is one line)."""
+        return self._view(self.runtime.jobs.get_owned(principal.account, job_id), inline=False)
+
     def list(
         self, principal: Principal, *, email: str | None, limit: int, cursor: str | None
     ) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""``xsd generate``: submit, show progress while polling, save the images."""
+"""``xsd generate``: submit, follow the generation's events with a progress bar, save
+the images."""
 
 from __future__ import annotations
 
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,24 +12,31 @@ import click
 
 from ..client import XsdClient
 from ..exceptions import JobFailed
+from .progress import ProgressDisplay
 
 __all__ = ["run_generation", "save_images"]
 
 
-def _status_line(record: dict[str, Any], started: float) -> str:
-    elapsed = time.monotonic() - started
-    return f"{record['requestId']}  {record['status']:<10}  {elapsed:6.1f} s"
-
-
-def save_images(client: XsdClient, record: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Download every image of a succeeded record; returns the paths written."""
+def save_images(
+    client: XsdClient,
+    record: dict[str, Any],
+    out_dir: Path,
+    *,
+    on_saved: Callable[[int, int, Path], None] | None = None,
+) -> list[Path]:
+    """Download every image of a succeeded record; returns the paths written.
+    ``on_saved`` hears each one (its index, how many images, its path)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    images = record.get("images", [])
     paths = []
-    for index, image in enumerate(record.get("images", [])):
+    for index, image in enumerate(images):
         if "error" in image:
             click.echo(f"image {index} was lost: {image['error']['code']}", err=True)
             continue
-        paths.append(client.download(image, out_dir / f"{record['requestId']}_{index}.png"))
+        path = client.download(image, out_dir / f"{record['requestId']}_{index}.png")
+        paths.append(path)
+        if on_saved:
+            on_saved(index, len(images), path)
     return paths
 
 
@@ -49,7 +57,9 @@ def run_generation(
     max_images: int | None,
     interval: float = 1.0,
 ) -> list[Path]:
-    """Submit one generation, poll it with a live status line, save what it produced."""
+    """Submit one generation, follow it (a progress bar on a terminal, plain lines
+    elsewhere; polling every ``interval`` seconds where the server has no event stream),
+    save what it produced."""
     body: dict[str, Any] = {
         "endUserEmail": email,
         "prompt": prompt,
@@ -65,18 +75,14 @@ def run_generation(
     if max_images is not None:
         body["sequential"] = "auto"
         body["sequentialOptions"] = {"maxImages": max_images}
-    started = time.monotonic()
-    job = client.create_generation(**body)
-    interactive = sys.stderr.isatty()
-
-    def show(record: dict[str, Any]) -> None:
-        line = _status_line(record, started)
-        click.echo(f"\r{line}" if interactive else line, err=True, nl=not interactive)
-
-    record = client.wait(job["requestId"], interval=interval, on_update=show)
-    if interactive:
-        click.echo("", err=True)
+    display = ProgressDisplay(interactive=sys.stderr.isatty())
+    record = client.create_generation(**body)
+    display.update(record)
+    for event in client.stream(record["requestId"], poll_interval=interval):
+        record = event.data
+        display.update(record)
+    display.finish()
     if record["status"] != "succeeded":
         error = record.get("error") or {"code": record["status"], "message": "No images."}
         raise JobFailed(error["code"], error["message"], record=record)
-    return save_images(client, record, out_dir)
+    return save_images(client, record, out_dir, on_saved=display.saved)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from .sizes import AspectRatio
 from .states import ImageErrorCode, JobStatus
 
-__all__ = ["PRICE_PER_IMAGE", "JobInput", "ImageResult", "JobRecord"]
+__all__ = ["PRICE_PER_IMAGE", "JobInput", "ImageResult", "JobRecord", "progress_field"]
 
 # xTokens per delivered image (spec: "10 xTokens per image").
 PRICE_PER_IMAGE = 10
@@ -115,6 +115,8 @@ class JobRecord:
     webhook_url: str | None = None
     webhook_attempts: int = 0
     webhook_state: str = ""
+    # (steps done, steps total) of the current attempt, as its worker last wrote them.
+    progress: tuple[int, int] | None = None
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> JobRecord:
@@ -161,6 +163,7 @@ class JobRecord:
             webhook_url=data.get("webhook_url") or None,
             webhook_attempts=int(data.get("webhook_attempts") or 0),
             webhook_state=data.get("webhook_state", ""),
+            progress=_progress(data),
         )
 
     def initial_hash(self) -> dict[str, str]:
@@ -191,3 +194,18 @@ class JobRecord:
             "attempt": "0",
             "webhook_url": self.webhook_url or "",
         }
+
+
+def progress_field(attempt: int, done: int, total: int) -> str:
+    """The stored form of an attempt's progress (see :func:`_progress`)."""
+    return f"{attempt}:{done}:{total}"
+
+
+def _progress(data: dict[str, str]) -> tuple[int, int] | None:
+    """The progress written under the record's current attempt; an earlier attempt's (a
+    worker that died mid-job, its job taken over) is not this attempt's."""
+    attempt, _, counts = (data.get("progress") or "").partition(":")
+    if not counts or attempt != (data.get("attempt") or "0"):
+        return None
+    done, _, total = counts.partition(":")
+    return int(done), int(total)

@@ -21,7 +21,7 @@ import redis
 from ..errors import Conflict, InsufficientBalance, InvalidRequest, NotFound
 from ..redis import keys
 from ..redis.scripts import Scripts
-from .records import PRICE_PER_IMAGE, ImageResult, JobRecord
+from .records import PRICE_PER_IMAGE, ImageResult, JobRecord, progress_field
 from .states import (
     ClaimOutcome,
     FinishOutcome,
@@ -377,6 +377,19 @@ class JobStore:
             for (job_id, attempt), (status, stored) in zip(held.items(), replies, strict=True)
             if status != JobStatus.PROCESSING.value or stored != str(attempt)
         }
+
+    def record_progress(self, progress: Sequence[tuple[str, int, int, int]]) -> int:
+        """Write the denoising progress of several jobs, each ``(job id, attempt, steps
+        done, steps total)``, in one round trip; a job that attempt no longer owns is left
+        alone. Returns how many were written."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, attempt, done, total in progress:
+            self._scripts.progress(
+                keys=[keys.job(job_id)],
+                args=[attempt, progress_field(attempt, done, total)],
+                client=pipe,
+            )
+        return sum(int(written) for written in pipe.execute())
 
     def succeed(
         self,

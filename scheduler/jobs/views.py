@@ -28,6 +28,7 @@ __all__ = [
     "iso_time",
     "public_status",
     "public_input",
+    "public_progress",
     "public_view",
     "public_queue",
     "stream_view",
@@ -108,6 +109,16 @@ def public_queue(position: int | None, start_ms: int | None) -> dict[str, Any]:
     }
 
 
+def public_progress(done: int, total: int) -> dict[str, Any]:
+    """A processing job's ``progress``: denoising steps done of its schedule (refinement
+    included; a job of several images counts their mean), as a fraction and as counts."""
+    return {
+        "fraction": round(done / total, 4) if total else 0.0,
+        "stepsDone": done,
+        "stepsTotal": total,
+    }
+
+
 def public_view(
     record: JobRecord,
     *,
@@ -132,6 +143,8 @@ def public_view(
     }
     if status is JobStatus.QUEUED:
         body["pollUrl"] = f"{base_url}/v1/generations/{record.id}"
+    if status is JobStatus.PROCESSING and record.progress is not None:
+        body["progress"] = public_progress(*record.progress)
     if status is JobStatus.SUCCEEDED:
         body["images"] = list(
             _images(record, store=store, ttl_seconds=ttl_seconds, inline=inline and inlines(record))

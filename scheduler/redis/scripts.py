@@ -36,6 +36,7 @@ class Scripts:
         self.enqueue: Script = client.register_script(_source("enqueue"))
         self.requeue: Script = client.register_script(_source("requeue"))
         self.renew: Script = client.register_script(_source("renew"))
+        self.progress: Script = client.register_script(_source("progress"))
         self.finish: Script = client.register_script(_with_shared("finish"))
         self.delete: Script = client.register_script(_with_shared("delete"))
         self.ratelimit: Script = client.register_script(_source("ratelimit"))

@@ -32,6 +32,7 @@ from ..runtime import Runtime
 from ..settings import Settings
 from .batching import plan_batches
 from .claiming import Claimed, LeaseKeeper, claim_all, fail_claimed
+from .progress import ProgressWriter
 from .uploading import Uploader
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ class _Worker:
             watch_ms=int(settings.watch_seconds * 1000),
         )
         self.uploader = Uploader(runtime, self.leases)
+        self.jobs = runtime.jobs
         self.last_pass_end: float | None = None
 
 
@@ -171,6 +173,7 @@ def _run_pass(state: _Worker, generator: ImageGenerator, jobs: list[Claimed]) ->
     klass = size_class(biggest.width, biggest.height)
     if state.last_pass_end is not None:
         metrics.GPU_IDLE.inc(time.monotonic() - state.last_pass_end)
+    progress = ProgressWriter(state.jobs, {job.record.id: job.job.attempt for job in jobs})
     started = time.monotonic()
     try:
         outcomes = generator.generate_batch(
@@ -178,9 +181,11 @@ def _run_pass(state: _Worker, generator: ImageGenerator, jobs: list[Claimed]) ->
             on_step=lambda _, seconds: metrics.DENOISE_STEP.observe(seconds),
             # Cancelled, deleted or taken over: the job's rows leave at the next step.
             cancelled=state.leases.lost,
+            on_progress=progress.report,
         )
     finally:
         state.last_pass_end = time.monotonic()
+        progress.flush()
     metrics.GPU_SECONDS.labels(klass).observe(state.last_pass_end - started)
     metrics.BATCH_JOBS.observe(len(jobs))
     metrics.BATCH_IMAGES.observe(images)

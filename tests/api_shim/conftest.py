@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis
 import uvicorn
+from fastapi import FastAPI
 
 from api_shim.app import create_app
 from scheduler.redis.accounts import NewKey
@@ -59,12 +60,12 @@ class Api:
 
 
 @contextmanager
-def serving(runtime: Runtime) -> Iterator[str]:
-    """The API over ``runtime``, served by uvicorn in a thread on ``settings.port``; yields
-    its base URL."""
+def serving(runtime: Runtime, app: FastAPI | None = None) -> Iterator[str]:
+    """The API over ``runtime`` (or ``app``, made from it), served by uvicorn in a thread
+    on ``settings.port``; yields its base URL."""
     port = runtime.settings.port
     server = uvicorn.Server(
-        uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(app or create_app(runtime), host="127.0.0.1", port=port, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

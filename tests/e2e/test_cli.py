@@ -144,7 +144,10 @@ def test_up_generate_and_ctrl_c(env: dict[str, str], tmp_path: Path) -> None:
         assert generated.returncode == 0, generated.stderr
         (saved,) = [Path(p) for p in generated.stdout.split()]
         assert Image.open(saved).size == (2560, 1440)
-        assert "succeeded" in generated.stderr, "progress is shown while polling"
+        assert "succeeded" in generated.stderr, "progress is shown while it runs"
+        # Off a terminal: plain lines, the last for the saved image.
+        assert "\r" not in generated.stderr
+        assert generated.stderr.splitlines()[-1] == f"saved image 1/1: {saved}"
     finally:
         os.killpg(up.pid, signal.SIGINT)
         code = up.wait(timeout=60)

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from api_shim.client import XsdClient
+from api_shim.sse import parse_events
 from scheduler.redis.accounts import Accounts
 from scheduler.redis.embedded import EmbeddedRedis, free_port
 
@@ -90,6 +91,7 @@ def test_every_endpoint_answers_503_while_redis_is_away(api: Api) -> None:
         calls = [
             ("POST", "/v1/generations", BODY),
             ("GET", f"/v1/generations/{created['requestId']}", None),
+            ("GET", f"/v1/generations/{created['requestId']}/events", None),
             ("GET", "/v1/generations", None),
             ("POST", f"/v1/generations/{created['requestId']}/cancel", None),
             ("DELETE", f"/v1/generations/{created['requestId']}", None),
@@ -110,6 +112,21 @@ def test_every_endpoint_answers_503_while_redis_is_away(api: Api) -> None:
     assert log.count("Redis is unreachable") == 1, log[-3000:]
     assert log.count("Redis is back") == 1, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_an_event_stream_ends_with_an_error_event_when_redis_goes(api: Api) -> None:
+    with api.http() as client:
+        job_id = client.post("/v1/generations", json=BODY).json()["requestId"]
+        with client.stream("GET", f"/v1/generations/{job_id}/events") as response:
+            events = parse_events(response.iter_lines())
+            assert next(events).data["status"] == "queued"
+            api.redis.stop()
+            error = next(events)
+            assert error.event == "error"
+            assert error.data["error"]["code"] == "service_unavailable"
+            assert set(error.data["error"]) == {"code", "message", "param"}
+            assert list(events) == [], "the stream ends"
+    assert "Traceback" not in api.text(), api.text()[-3000:]
 
 
 def test_the_client_retries_a_post_through_the_outage(api: Api) -> None:

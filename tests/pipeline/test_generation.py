@@ -117,3 +117,29 @@ def test_step_callback(tiny: ImageGenerator) -> None:
     tiny.generate(request(steps=10), on_step=lambda index, seconds: steps.append(index))
     # The ten steps at the bucket, then the refinement's share of a ten-step schedule.
     assert steps == list(range(10)) + list(range(round(10 * STRENGTH)))
+
+
+def test_progress_counts_every_image_through_its_refinement(tiny: ImageGenerator) -> None:
+    reports: dict[str, list[tuple[int, int]]] = {}
+    requests = [
+        # 2K, two images: refined whole, in chunks that run one after another.
+        request(request_id="req_2k", seeds=(1, 2), steps=4),
+        # 4K: refined in tiles, every tile within each step.
+        request(request_id="req_4k", width=4096, height=4096, steps=4),
+        # At its bucket: no refinement.
+        request(request_id="req_1k", width=64, height=64, steps=4),
+    ]
+    tiny.generate_batch(
+        requests,
+        on_progress=lambda request_id, done, total: reports.setdefault(request_id, []).append(
+            (done, total)
+        ),
+    )
+    refined = 4 + round(4 * STRENGTH)
+    assert [tiny.schedule(r) for r in requests] == [refined, refined, 4]
+    for request_id, total in (("req_2k", refined), ("req_4k", refined), ("req_1k", 4)):
+        done = [d for d, t in reports[request_id] if t == total]
+        assert len(done) == len(reports[request_id]), "one schedule per request"
+        assert done == sorted(done) and done[-1] == total, (request_id, done)
+    # Two images: each step counts half of one step of the request's schedule.
+    assert len(reports["req_2k"]) == 4 + 2 * round(4 * STRENGTH)

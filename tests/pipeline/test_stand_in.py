@@ -103,3 +103,22 @@ def test_everything_cancelled_stops_the_batch():
 def test_a_cost_is_required():
     with pytest.raises(ValueError, match="seconds_per_megapixel"):
         StandInGenerator("xSD4.5", 0)
+
+
+def test_progress_is_reported_per_request_at_every_step():
+    stopped: set[str] = set()
+    reports: list[tuple[str, int, int]] = []
+
+    def on_progress(request_id: str, done: int, total: int) -> None:
+        reports.append((request_id, done, total))
+        if done == 5:
+            stopped.add("req_gone")
+
+    _stand_in(FakeClock(), 1.0).generate_batch(
+        [_request(1024, 1024, request_id="req_gone"), _request(1024, 1024, request_id="req_kept")],
+        cancelled=lambda request_id: request_id in stopped,
+        on_progress=on_progress,
+    )
+    kept = [(done, total) for rid, done, total in reports if rid == "req_kept"]
+    assert kept == [(step, 30) for step in range(1, 31)]
+    assert [done for rid, done, _ in reports if rid == "req_gone"] == [1, 2, 3, 4, 5]

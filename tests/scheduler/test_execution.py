@@ -231,3 +231,13 @@ def test_references_unreadable_for_an_outage_wait_for_the_store(
     from scheduler.stages.running import _state
 
     assert not _state(runtime).leases.holds(job), "its lease lapses: nobody renews it"
+
+
+def test_the_pass_records_each_jobs_progress_under_its_attempt(runtime: Runtime) -> None:
+    refined, plain = accept(runtime, 30, images=2), accept(runtime, 31, size=(1024, 1024))
+    run_batch(runtime, [refined, plain])
+    wait_terminal(runtime, [refined, plain])
+    # The pass's last write: every step of each job's schedule (tiny's four steps, plus
+    # the refinement's one at 2K), under attempt 1; the succeeded record hides it.
+    assert runtime.redis.hget(f"xsd:job:{refined}", "progress") == "1:5:5"
+    assert runtime.redis.hget(f"xsd:job:{plain}", "progress") == "1:4:4"

@@ -59,7 +59,7 @@ from scheduler.redis.accounts import Accounts
 from scheduler.redis.embedded import free_port, free_port_block
 from scheduler.settings import Settings
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "run_stand_in", "stand_in_table"]
 
 SPEC_RATE_PER_MINUTE = 500
 BODY = {
@@ -308,6 +308,9 @@ def _throughput_phase(
         "passes": spent["xsd_gpu_seconds_count"],
         "images": spent["xsd_images_generated_total"],
         "images_per_second": spent["xsd_images_generated_total"] / window,
+        # Images stored in the window: below the produced rate, encoding and uploads fall
+        # behind the GPU (and would stall it once the encoding backlog is full).
+        "stored_per_second": spent["xsd_storage_upload_seconds_count"] / window,
         "jobs_ended": len(records),
         "jobs_failed": sum(1 for record in records if record["status"] != "succeeded"),
         "end_to_end_p50_s": statistics.median(latencies) if latencies else float("nan"),
@@ -525,9 +528,11 @@ _COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("n", lambda p: str(p["n"])),
     ("window", lambda p: f"{p['seconds']:.0f} s"),
     ("passes", lambda p: f"{p['passes']:.0f}"),
+    ("images/pass", lambda p: f"{p['images'] / p['passes']:.1f}"),
     ("images/s", lambda p: f"{p['images_per_second']:.3f}"),
     ("of ideal", lambda p: f"{100 * p['of_ideal']:.1f}%"),
     ("GPU idle", lambda p: f"{100 * p['gpu_idle_fraction']:.1f}%"),
+    ("stored/s", lambda p: f"{p['stored_per_second']:.3f}"),
     ("claim/batch", lambda p: _ms(p["mean"]["xsd_claim_seconds"])),
     ("hand-over wait", lambda p: f"{100 * p['share']['xsd_upload_backlog_wait_seconds']:.1f}%"),
     ("PNG/image", lambda p: _ms(p["mean"]["xsd_png_encode_seconds"])),

@@ -106,7 +106,8 @@ WEBHOOK_GIVE_UPS = Counter("xsd_webhook_give_ups", "Webhooks abandoned after ret
 XTOKENS_DEBITED = Counter("xsd_xtokens_debited", "xTokens debited at POST")
 XTOKENS_REFUNDED = Counter("xsd_xtokens_refunded", "xTokens refunded")
 GPU_IDLE = Counter("xsd_gpu_idle_seconds", "Time a GPU worker waited for work between batches")
-# Where a GPU worker's time goes besides the GPU (the pool's own cost at GPU rates).
+# Where a GPU worker's time goes besides the GPU, and the CPU worker's on webhooks: the
+# pool's own cost at GPU rates (benchmarks/pool.py --stand-in reads them).
 _STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 CLAIM_SECONDS = Histogram(
     "xsd_claim_seconds",

@@ -34,8 +34,8 @@ __all__ = ["Uploader", "encode_images", "when_spool_full", "PNG_COMPRESS_LEVEL"]
 
 log = logging.getLogger(__name__)
 
-# zlib level 3 encodes a 2048x2048 PNG about 3x faster than the default 6 for ~15% more
-# bytes: CPU time on a GPU worker is dearer than object-store bytes.
+# A low zlib level: CPU time on a GPU worker is dearer than object-store bytes (with
+# pipeline.png's run-length matching, higher levels gain little anyway).
 PNG_COMPRESS_LEVEL = 3
 
 # Called with True when the spool fills and False when it has drained (the worker process

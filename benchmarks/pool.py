@@ -16,28 +16,38 @@ and measures, in one run:
    the PNG encoding every delivered image needs. The pool's overhead is
    ``1 - end-to-end / bare``.
 
-``python -m benchmarks.pool --stand-in SECONDS_PER_MEGAPIXEL [--sizes ...] [--n ...]``
-measures instead what the pool costs at GPU rates: the GPU worker serves the benchmark
-stand-in (:mod:`pipeline.stand_in`), which holds it for that many seconds per output
-megapixel (0.42 is the H200 record for one 1024x1024 image) and returns real-size images,
-so claiming, Redis, PNG encoding, uploads and webhooks run against a GPU's pace. For each
-size and ``n`` it reports end-to-end images/s against the stand-in's ideal (the images/s of
-a worker computing back to back), the GPU worker's idle fraction, and the time the worker's
-metrics account for in the window (GPU, idle, uploads, queue wait). The API accepts
-3.6 to 16.7 megapixels, so 1K (1024x1024) cannot be asked for.
+``python -m benchmarks.pool --stand-in SECONDS_PER_MEGAPIXEL [--sizes ...] [--n ...]
+[--passes P] [--queued Q]`` measures instead what the pool costs at GPU rates: the GPU
+worker serves the benchmark stand-in (:mod:`pipeline.stand_in`), which holds it for that
+many seconds per output megapixel (0.42 is the H200 record for one 1024x1024 image) and
+returns real-size images, so claiming, Redis, PNG encoding, uploads and webhooks (every
+job has one, to a local receiver) run against a GPU's pace. For each size and ``n`` a
+closed loop keeps ``Q`` jobs waiting in the queue (two batches by default), and a window
+of whole passes (at least ``--seconds`` and ``P`` passes, from one pass's end to
+another's) counts the images the GPU worker produced (``xsd_images_generated_total``),
+so a 4K n=15 job, one long pass, needs no window long enough for jobs to finish in it.
+It reports images/s against the stand-in's ideal (the images/s of a worker computing
+back to back), the GPU worker's idle fraction, and where the time goes, from the
+workers' metrics: claiming per batch, the GPU thread's wait to hand images over, PNG
+encoding per image, spool write, upload per object, recording the success, and webhook
+delivery; a Markdown table of it follows the JSON. The API accepts 3.6 to 16.7
+megapixels, so 1K (1024x1024) cannot be asked for.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +59,7 @@ from scheduler.redis.accounts import Accounts
 from scheduler.redis.embedded import free_port, free_port_block
 from scheduler.settings import Settings
 
-__all__ = ["main", "run"]
+__all__ = ["main", "run", "run_stand_in", "stand_in_table"]
 
 SPEC_RATE_PER_MINUTE = 500
 BODY = {
@@ -115,26 +125,37 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-# Worker metrics read around a window (summed over labels): seconds, then counts.
+# Worker metrics read around a window, each summed over its labels: seconds (``_sum``)
+# and counts (``_count``) of histograms, and counters. The GPU worker's say where its time
+# goes; the CPU worker's, the webhooks' share.
+_HISTOGRAMS = (
+    "xsd_gpu_seconds",
+    "xsd_claim_seconds",
+    "xsd_upload_backlog_wait_seconds",
+    "xsd_png_encode_seconds",
+    "xsd_spool_write_seconds",
+    "xsd_storage_upload_seconds",
+    "xsd_record_success_seconds",
+    "xsd_queue_wait_seconds",
+    "xsd_webhook_delivery_seconds",
+)
+_COUNTERS = ("xsd_gpu_idle_seconds_total", "xsd_images_generated_total")
 _WINDOW_METRICS = (
-    "xsd_gpu_idle_seconds_total",
-    "xsd_gpu_seconds_sum",
-    "xsd_storage_upload_seconds_sum",
-    "xsd_queue_wait_seconds_sum",
-    "xsd_gpu_seconds_count",
-    "xsd_storage_upload_seconds_count",
-    "xsd_queue_wait_seconds_count",
+    *_COUNTERS,
+    *(f"{name}_{part}" for name in _HISTOGRAMS for part in ("sum", "count")),
 )
 
 
-def _scrape(port: int) -> dict[str, float]:
-    """The worker's ``_WINDOW_METRICS``, each summed over its labels (0 when absent)."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+def _scrape(*ports: int) -> dict[str, float]:
+    """``_WINDOW_METRICS`` of the workers on these metrics ports, each summed over its
+    labels and the workers (0 when absent)."""
     totals = dict.fromkeys(_WINDOW_METRICS, 0.0)
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(" ", 1)[1])
+    for port in ports:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in totals:
+                totals[name] += float(line.rsplit(" ", 1)[1])
     return totals
 
 
@@ -151,72 +172,156 @@ def _wait_ready(port: int, *, timeout: float = 120) -> None:
     raise TimeoutError(f"the GPU worker was not ready within {timeout:.0f} s")
 
 
+class _ClosedLoop:
+    """Keeps jobs of ``body`` outstanding from a background thread, polling them every
+    ``poll_seconds``: at least ``in_flight`` not finished, and at least ``queued`` still
+    waiting for a GPU worker (so the worker never lacks work, however long its uploads
+    keep jobs from finishing)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        key: str,
+        body: dict[str, Any],
+        *,
+        in_flight: int,
+        queued: int,
+        poll_seconds: float,
+    ) -> None:
+        self._client = httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
+        self._body, self._poll_seconds = body, poll_seconds
+        self._in_flight, self._queued = in_flight, queued
+        self._outstanding: set[str] = set()
+        self._records: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._counter = 0
+        self._refill(waiting=0)
+        self._thread = threading.Thread(target=self._run, name="closed-loop", daemon=True)
+        self._thread.start()
+
+    def _refill(self, *, waiting: int) -> None:
+        """Submit jobs until both bounds hold (``waiting`` jobs are known to be queued)."""
+        while len(self._outstanding) < self._in_flight or waiting < self._queued:
+            self._counter += 1
+            response = self._client.post(
+                "/v1/generations", json={**self._body, "seed": 10_000 + self._counter}
+            )
+            response.raise_for_status()
+            self._outstanding.add(response.json()["requestId"])
+            waiting += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll_seconds):
+            waiting = 0
+            for request_id in list(self._outstanding):
+                record = self._client.get(f"/v1/generations/{request_id}").json()
+                if record["status"] == "queued":
+                    waiting += 1
+                elif record["status"] in ("succeeded", "failed"):
+                    self._outstanding.discard(request_id)
+                    with self._lock:
+                        self._records.append(record)
+            self._refill(waiting=waiting)
+
+    def finished(self) -> list[dict[str, Any]]:
+        """The records of the jobs that ended since the last call."""
+        with self._lock:
+            records, self._records = self._records, []
+        return records
+
+    def stop(self) -> None:
+        """Stop refilling and cancel what is outstanding, so a next phase starts on an empty
+        queue."""
+        self._stop.set()
+        self._thread.join()
+        for request_id in self._outstanding:
+            self._client.post(f"/v1/generations/{request_id}/cancel")
+        self._client.close()
+
+
+def _next_pass_end(port: int, images: float, *, poll_seconds: float) -> tuple[float, float]:
+    """Polls the GPU worker until its images counter passes ``images`` (a pass ended);
+    returns when, and the counter."""
+    while True:
+        now = _scrape(port)["xsd_images_generated_total"]
+        if now > images:
+            return time.time(), now
+        time.sleep(poll_seconds)
+
+
 def _throughput_phase(
     base_url: str,
     key: str,
     *,
-    in_flight: int,
     seconds: float,
-    metrics_port: int,
+    metrics_ports: dict[str, int],
     body: dict[str, Any] = BODY,
-) -> dict[str, float]:
-    """Closed loop: keep ``in_flight`` jobs of ``body`` outstanding; count images finished
-    in the window, which starts once the first job has finished (model loaded, queue
-    full). Jobs still outstanding at the end are cancelled, so a next phase starts on an
-    empty queue."""
-    client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-    outstanding: set[str] = set()
-    counter = 0
-
-    def submit() -> None:
-        nonlocal counter
-        counter += 1
-        response = client.post("/v1/generations", json={**body, "seed": 10_000 + counter})
-        response.raise_for_status()
-        outstanding.add(response.json()["requestId"])
-
-    def finished() -> list[dict[str, Any]]:
-        """The outstanding jobs that ended since the last call, each replaced by a new one."""
-        records = []
-        for request_id in list(outstanding):
-            record = client.get(f"/v1/generations/{request_id}").json()
-            if record["status"] in ("succeeded", "failed"):
-                outstanding.discard(request_id)
-                records.append(record)
-                submit()
-        return records
-
-    _wait_ready(metrics_port)
-    for _ in range(in_flight):
-        submit()
-    while not finished():
-        time.sleep(0.1)
-    before = _scrape(metrics_port)
-    images, jobs, latencies = 0, 0, []
-    window_start = time.time()
-    while time.time() - window_start < seconds:
-        for record in finished():
-            if record["status"] == "succeeded":
-                images += len(record["images"])
-                jobs += 1
-                latencies.append(_epoch(record["finishedAt"]) - _epoch(record["createdAt"]))
-        time.sleep(0.1)
-    window = time.time() - window_start
-    spent = {name: value - before[name] for name, value in _scrape(metrics_port).items()}
-    for request_id in outstanding:
-        client.post(f"/v1/generations/{request_id}/cancel")
-    client.close()
+    in_flight: int = 0,
+    queued: int = 0,
+    passes: int = 1,
+    poll_seconds: float = 0.25,
+) -> dict[str, Any]:
+    """Closed loop: keep ``in_flight`` jobs of ``body`` outstanding and ``queued`` of them
+    waiting for the GPU worker (:class:`_ClosedLoop`). The window runs from
+    the end of the first pass of these jobs (model loaded, queue full) to the
+    end of the first pass after at least ``seconds`` and ``passes`` passes, so it holds
+    whole passes. Images are counted as the GPU worker produces them
+    (``xsd_images_generated_total``), so a window needs no job to end in it; the jobs that
+    ended in it give the end-to-end figures. Jobs still outstanding at the end are
+    cancelled."""
+    gpu_port = metrics_ports["gpu-worker"]
+    _wait_ready(gpu_port)
+    # Jobs are polled less often than the worker's metrics: the queue holds a batch in
+    # reserve, and polling every job often would load the API more than the pool.
+    loop = _ClosedLoop(
+        base_url, key, body, in_flight=in_flight, queued=queued, poll_seconds=4 * poll_seconds
+    )
+    try:
+        started, images = _next_pass_end(
+            gpu_port, _scrape(gpu_port)["xsd_images_generated_total"], poll_seconds=poll_seconds
+        )
+        before = _scrape(*metrics_ports.values())
+        loop.finished()
+        while True:
+            ended, images = _next_pass_end(gpu_port, images, poll_seconds=poll_seconds)
+            after = _scrape(*metrics_ports.values())
+            if (
+                ended - started >= seconds
+                and after["xsd_gpu_seconds_count"] - before["xsd_gpu_seconds_count"] >= passes
+            ):
+                break
+        records = loop.finished()
+    finally:
+        loop.stop()
+    window = ended - started
+    spent = {name: after[name] - before[name] for name in _WINDOW_METRICS}
+    latencies = [
+        _epoch(record["finishedAt"]) - _epoch(record["createdAt"])
+        for record in records
+        if record["status"] == "succeeded"
+    ]
     return {
         "seconds": window,
-        "jobs": jobs,
-        "images": images,
-        "images_per_second": images / window,
+        "passes": spent["xsd_gpu_seconds_count"],
+        "images": spent["xsd_images_generated_total"],
+        "images_per_second": spent["xsd_images_generated_total"] / window,
+        # Images stored in the window: below the produced rate, encoding and uploads fall
+        # behind the GPU (and would stall it once the encoding backlog is full).
+        "stored_per_second": spent["xsd_storage_upload_seconds_count"] / window,
+        "jobs_ended": len(records),
+        "jobs_failed": sum(1 for record in records if record["status"] != "succeeded"),
         "end_to_end_p50_s": statistics.median(latencies) if latencies else float("nan"),
         "gpu_idle_fraction": spent["xsd_gpu_idle_seconds_total"] / window,
         "gpu_busy_fraction": spent["xsd_gpu_seconds_sum"] / window,
-        "gpu_batches": spent["xsd_gpu_seconds_count"],
-        "upload_seconds_per_object": _mean(spent, "xsd_storage_upload_seconds"),
-        "queue_wait_seconds_per_job": _mean(spent, "xsd_queue_wait_seconds"),
+        # Where the time goes: each stage's seconds per window second (background threads
+        # can run several at once), and per item (batch, image, job, object, delivery).
+        "share": {
+            name: spent[f"{name}_sum"] / window for name in _HISTOGRAMS if name != "xsd_gpu_seconds"
+        },
+        "mean": {name: _mean(spent, name) for name in _HISTOGRAMS},
     }
 
 
@@ -288,7 +393,7 @@ def run(*, seconds: float, in_flight: int) -> dict[str, Any]:
                 keys[11],
                 in_flight=in_flight,
                 seconds=seconds,
-                metrics_port=supervisor.metrics_ports()["gpu-worker"],
+                metrics_ports={"gpu-worker": supervisor.metrics_ports()["gpu-worker"]},
             )
         finally:
             supervisor.stop()
@@ -328,26 +433,61 @@ def _funded_keys(supervisor: Supervisor, settings: Settings, count: int) -> list
     return keys
 
 
+class _WebhookReceiver:
+    """A local endpoint that answers every webhook 204, so deliveries cost the CPU worker
+    what they would against a quick receiver."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass  # one line per delivery would drown the benchmark's output
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        """Stop answering."""
+        self._server.shutdown()
+        self._server.server_close()
+
+
 def run_stand_in(
     *,
     seconds_per_megapixel: float,
     sizes: list[str],
     ns: list[int],
     seconds: float,
-    in_flight: int,
+    queued: int | None = None,
+    passes: int = 1,
 ) -> dict[str, Any]:
     """The pool at GPU rates: one closed-loop phase per size and ``n`` against a GPU worker
-    serving the stand-in; returns the figures."""
+    serving the stand-in, every job with a webhook to a local receiver; returns the
+    figures. ``queued`` (jobs kept waiting for the worker) defaults to two batches
+    (``2 x XSD_BATCH_MAX_JOBS``), so a full batch is always there for the next pass."""
     from pipeline.stand_in import MEGAPIXEL
 
     phases = []
+    receiver = _WebhookReceiver()
     with tempfile.TemporaryDirectory(prefix="xsd-pool-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), metrics_port=free_port_block(3))
+        queued = queued or 2 * settings.batch_max_jobs
         supervisor = _started(
-            settings, {"XSD_STAND_IN_SECONDS_PER_MEGAPIXEL": str(seconds_per_megapixel)}
+            settings,
+            {
+                "XSD_STAND_IN_SECONDS_PER_MEGAPIXEL": str(seconds_per_megapixel),
+                # The receiver is on loopback, which the SSRF guard refuses otherwise.
+                "XSD_ALLOW_PRIVATE_URLS": "true",
+            },
         )
         try:
             (key,) = _funded_keys(supervisor, settings, 1)
+            ports = supervisor.metrics_ports()
             for size in sizes:
                 width, height = (int(side) for side in size.split("x"))
                 # Images/s of a worker that computes back to back, nothing else.
@@ -356,10 +496,11 @@ def run_stand_in(
                     figures = _throughput_phase(
                         supervisor.base_url,
                         key,
-                        in_flight=in_flight,
+                        queued=queued,
                         seconds=seconds,
-                        metrics_port=supervisor.metrics_ports()["gpu-worker"],
-                        body={**BODY, "size": size, "n": n},
+                        passes=passes,
+                        metrics_ports={name: ports[name] for name in ("gpu-worker", "cpu-worker")},
+                        body={**BODY, "size": size, "n": n, "webhookUrl": receiver.url},
                     )
                     phases.append(
                         {
@@ -372,19 +513,64 @@ def run_stand_in(
                     )
         finally:
             supervisor.stop()
+            receiver.close()
     return {
         "machine": {"platform": platform.platform(), "processor": platform.processor()},
         "stand_in_seconds_per_megapixel": seconds_per_megapixel,
-        "in_flight": in_flight,
+        "queued": queued,
         "phases": phases,
     }
+
+
+# The table ``--stand-in`` prints: a column title and how a phase's figure reads.
+_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("size", lambda p: p["size"]),
+    ("n", lambda p: str(p["n"])),
+    ("window", lambda p: f"{p['seconds']:.0f} s"),
+    ("passes", lambda p: f"{p['passes']:.0f}"),
+    ("images/pass", lambda p: f"{p['images'] / p['passes']:.1f}"),
+    ("images/s", lambda p: f"{p['images_per_second']:.3f}"),
+    ("of ideal", lambda p: f"{100 * p['of_ideal']:.1f}%"),
+    ("GPU idle", lambda p: f"{100 * p['gpu_idle_fraction']:.1f}%"),
+    ("stored/s", lambda p: f"{p['stored_per_second']:.3f}"),
+    ("claim/batch", lambda p: _ms(p["mean"]["xsd_claim_seconds"])),
+    ("hand-over wait", lambda p: f"{100 * p['share']['xsd_upload_backlog_wait_seconds']:.1f}%"),
+    ("PNG/image", lambda p: _ms(p["mean"]["xsd_png_encode_seconds"])),
+    ("spool write/job", lambda p: _ms(p["mean"]["xsd_spool_write_seconds"])),
+    ("upload/object", lambda p: _ms(p["mean"]["xsd_storage_upload_seconds"])),
+    ("record/job", lambda p: _ms(p["mean"]["xsd_record_success_seconds"])),
+    ("webhook", lambda p: _ms(p["mean"]["xsd_webhook_delivery_seconds"])),
+)
+
+
+def _ms(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{1000 * seconds:.0f} ms"
+
+
+def stand_in_table(figures: dict[str, Any]) -> str:
+    """The phases of a ``--stand-in`` run as a Markdown table."""
+    lines = [
+        "| " + " | ".join(title for title, _ in _COLUMNS) + " |",
+        "|" + "---|" * len(_COLUMNS),
+    ]
+    for phase in figures["phases"]:
+        lines.append("| " + " | ".join(cell(phase) for _, cell in _COLUMNS) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=30.0, help="Length of each phase.")
+    parser.add_argument(
+        "--seconds", type=float, default=30.0, help="Length of each phase (at least)."
+    )
     parser.add_argument("--in-flight", type=int, default=8, help="Jobs kept outstanding.")
+    parser.add_argument(
+        "--queued",
+        type=int,
+        default=None,
+        help="With --stand-in: jobs kept waiting for the GPU worker (default two batches).",
+    )
     parser.add_argument("--json", type=Path, default=None, help="Write the figures here.")
     parser.add_argument(
         "--stand-in",
@@ -401,6 +587,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--n", default="1,15", help="With --stand-in: comma-separated images per request."
     )
+    parser.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="With --stand-in: GPU passes each window holds at least, besides --seconds.",
+    )
     args = parser.parse_args(argv)
     if args.stand_in is not None:
         figures = run_stand_in(
@@ -408,12 +600,15 @@ def main(argv: list[str] | None = None) -> None:
             sizes=args.sizes.split(","),
             ns=[int(n) for n in args.n.split(",")],
             seconds=args.seconds,
-            in_flight=args.in_flight,
+            queued=args.queued,
+            passes=args.passes,
         )
     else:
         figures = run(seconds=args.seconds, in_flight=args.in_flight)
     text = json.dumps(figures, indent=2)
     print(text)
+    if args.stand_in is not None:
+        print(stand_in_table(figures))
     if args.json:
         args.json.write_text(text + "\n")
 

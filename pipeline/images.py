@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin
 
 from .errors import InvalidImage
+from .png import WRITABLE_MODES, write_png
 
 __all__ = ["ACCEPTED_FORMATS", "DecodeBudget", "decode_image", "encode_png"]
 
@@ -245,10 +246,22 @@ def _unreadable(what: str, exc: Exception) -> InvalidImage:
 
 
 def encode_png(image: Image.Image, *, text: Mapping[str, str], compress_level: int = 6) -> bytes:
-    """PNG bytes with ``text`` as tEXt chunks."""
+    """PNG bytes with ``text`` as tEXt chunks: written by :func:`.png.write_png` (a third
+    of Pillow's CPU) for 8-bit greyscale, RGB and RGBA images with Latin-1 text, by Pillow
+    otherwise."""
+    if image.mode in WRITABLE_MODES and all(_latin1(item) for item in text.items()):
+        return write_png(image, text=text, compress_level=compress_level)
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
         info.add_text(key, value)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info, compress_level=compress_level)
     return buffer.getvalue()
+
+
+def _latin1(item: tuple[str, str]) -> bool:
+    try:
+        item[0].encode("latin-1"), item[1].encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -25,6 +25,12 @@ __all__ = [
     "IMAGES_GENERATED",
     "JOBS_STOPPED",
     "DENOISE_STEP",
+    "CLAIM_SECONDS",
+    "UPLOAD_BACKLOG_WAIT",
+    "PNG_ENCODE",
+    "SPOOL_WRITE",
+    "RECORD_SUCCESS",
+    "WEBHOOK_DELIVERY",
     "STORAGE_UPLOAD",
     "STORAGE_FAILURES",
     "STORAGE_GIVE_UPS",
@@ -102,6 +108,40 @@ WEBHOOK_GIVE_UPS = Counter("xsd_webhook_give_ups", "Webhooks abandoned after ret
 XTOKENS_DEBITED = Counter("xsd_xtokens_debited", "xTokens debited at POST")
 XTOKENS_REFUNDED = Counter("xsd_xtokens_refunded", "xTokens refunded")
 GPU_IDLE = Counter("xsd_gpu_idle_seconds", "Time a GPU worker waited for work between batches")
+# Where a GPU worker's time goes besides the GPU, and the CPU worker's on webhooks: the
+# pool's own cost at GPU rates (benchmarks/pool.py --stand-in reads them).
+_STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+CLAIM_SECONDS = Histogram(
+    "xsd_claim_seconds",
+    "Time a GPU worker spent claiming a batch's jobs and reading their records and references",
+    buckets=_STAGE_BUCKETS,
+)
+UPLOAD_BACKLOG_WAIT = Histogram(
+    "xsd_upload_backlog_wait_seconds",
+    "Time the GPU thread waited for room in the encoding backlog to hand a job's images over",
+    buckets=_STAGE_BUCKETS,
+)
+PNG_ENCODE = Histogram(
+    "xsd_png_encode_seconds",
+    "Time to encode one finished image as PNG",
+    ["size_class"],
+    buckets=_STAGE_BUCKETS,
+)
+SPOOL_WRITE = Histogram(
+    "xsd_spool_write_seconds",
+    "Time to write one job's encoded images to the upload spool",
+    buckets=_STAGE_BUCKETS,
+)
+RECORD_SUCCESS = Histogram(
+    "xsd_record_success_seconds",
+    "Time to record a job's success once its images are stored",
+    buckets=_STAGE_BUCKETS,
+)
+WEBHOOK_DELIVERY = Histogram(
+    "xsd_webhook_delivery_seconds",
+    "Time of one webhook delivery attempt, rendering the body included",
+    buckets=_STAGE_BUCKETS,
+)
 
 
 class QueueDepthCollector(Collector):

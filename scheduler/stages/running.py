@@ -124,7 +124,8 @@ def run_batch(runtime: Runtime, job_ids: Sequence[str]) -> None:
     state = _state(runtime)
     claimed: list[Claimed] = []
     try:
-        claim_all(runtime, state.leases, job_ids, claimed)
+        with metrics.CLAIM_SECONDS.time():
+            claim_all(runtime, state.leases, job_ids, claimed)
         by_model: dict[str, list[Claimed]] = {}
         for job in claimed:
             if not job.settled:

@@ -139,12 +139,13 @@ class Spool:
         and what was left is dropped. It is called from an uploader thread and must not
         raise."""
         folder = self.directory / name
-        folder.mkdir(parents=True, exist_ok=True)
         files = []
-        for upload in uploads:
-            path = folder / f"{upload.index}.png"
-            path.write_bytes(upload.data)
-            files.append(_File(upload.index, upload.key, path, len(upload.data)))
+        with metrics.SPOOL_WRITE.time():
+            folder.mkdir(parents=True, exist_ok=True)
+            for upload in uploads:
+                path = folder / f"{upload.index}.png"
+                path.write_bytes(upload.data)
+                files.append(_File(upload.index, upload.key, path, len(upload.data)))
         self._count(sum(file.size for file in files))
         self._queue(_Job(self._clock(), next(self._order), name, files, store, done, wanted))
 

@@ -74,7 +74,8 @@ def deliver(runtime: Runtime, job_id: str) -> None:
     if not lock:
         return  # another worker is delivering this job right now
     try:
-        _attempt(runtime, job_id)
+        with metrics.WEBHOOK_DELIVERY.time():
+            _attempt(runtime, job_id)
     finally:
         runtime.redis.delete(keys.webhook_lock(job_id))
 

@@ -20,7 +20,7 @@ def test_the_pool_at_stand_in_rates(tmp_path, capsys) -> None:
             "--sizes", "1920x1920",
             "--n", "1,2",
             "--seconds", "4",
-            "--in-flight", "2",
+            "--queued", "2",
             "--json", str(path),
         ]
     )  # fmt: skip
@@ -32,10 +32,14 @@ def test_the_pool_at_stand_in_rates(tmp_path, capsys) -> None:
     ]
     for phase in figures["phases"]:
         assert phase["ideal_images_per_second"] == pytest.approx(1024**2 / (0.05 * 1920**2))
-        assert phase["images"] > 0
-        # The stand-in's ideal bounds what the pool can deliver.
+        # The window holds whole passes: images counted as the worker produced them.
+        assert phase["passes"] >= 1 and phase["images"] >= phase["n"]
+        # The stand-in's ideal bounds what the pool can deliver (up to the polling of
+        # the window's ends).
         assert 0 < phase["of_ideal"] <= 1.1
-        # Idle time is counted when the next pass starts, so a gap that began before a
-        # short window can take the fraction past 1.
         assert phase["gpu_idle_fraction"] >= 0
-        assert phase["gpu_batches"] > 0
+        # Every stage the worker went through in the window was observed.
+        assert phase["mean"]["xsd_png_encode_seconds"] > 0
+        assert phase["mean"]["xsd_claim_seconds"] > 0
+        assert phase["mean"]["xsd_record_success_seconds"] > 0
+        assert phase["mean"]["xsd_webhook_delivery_seconds"] > 0

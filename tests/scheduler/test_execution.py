@@ -83,6 +83,34 @@ def test_batch_records_every_outcome(runtime: Runtime) -> None:
         assert stored.startswith(b"\x89PNG")
 
 
+def test_where_the_time_goes_is_counted(runtime: Runtime) -> None:
+    """A batch's claiming, each image's PNG encoding, each job's hand-over, spool write and
+    recorded success are observed by the worker's stage metrics (what the pool benchmark
+    reads)."""
+    names = (
+        "xsd_claim_seconds_count",
+        "xsd_upload_backlog_wait_seconds_count",
+        "xsd_spool_write_seconds_count",
+        "xsd_record_success_seconds_count",
+    )
+    before = {name: sample(name) for name in names}
+    encoded = REGISTRY.get_sample_value("xsd_png_encode_seconds_count", {"size_class": "2k"}) or 0
+    jobs = [accept(runtime, 20, images=2), accept(runtime, 21)]
+    run_batch(runtime, jobs)
+    wait_terminal(runtime, jobs)
+    after = {name: sample(name) - before[name] for name in names}
+    assert after == {
+        "xsd_claim_seconds_count": 1,  # one batch
+        "xsd_upload_backlog_wait_seconds_count": 2,  # one hand-over per job
+        "xsd_spool_write_seconds_count": 2,
+        "xsd_record_success_seconds_count": 2,
+    }
+    assert (
+        REGISTRY.get_sample_value("xsd_png_encode_seconds_count", {"size_class": "2k"}) - encoded
+        == 3
+    )  # one per image
+
+
 def test_job_held_by_a_live_worker_is_left_alone(runtime: Runtime) -> None:
     job_id = accept(runtime, 4)
     runtime.jobs.claim(job_id, lease_ms=60_000)  # another worker holds it

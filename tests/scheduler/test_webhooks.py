@@ -46,3 +46,21 @@ def test_inline_images_only_while_the_body_is_small(
         assert base64.b64decode(images[1]["b64Json"]) == bytes([1]) * 30_000
     else:
         assert all("url" in image and "b64Json" not in image for image in images)
+
+
+def test_each_delivery_attempt_is_timed(redis_url: str, tmp_path: Path, webhook_receiver) -> None:
+    """``xsd_webhook_delivery_seconds`` observes each attempt (the pool benchmark's
+    webhook share)."""
+    from prometheus_client import REGISTRY
+
+    from scheduler.jobs.states import JobErrorCode
+    from scheduler.stages.webhooks import deliver
+
+    rt = funded_runtime(redis_url, tmp_path, credits=100, allow_private_urls=True)
+    record = job_record(created_ms=rt.jobs.now_ms(), webhook_url=webhook_receiver.url)
+    accept(rt.jobs, record)
+    rt.jobs.fail(record, JobErrorCode.PROVIDER_ERROR, "x", webhook_at_ms=rt.jobs.now_ms())
+    before = REGISTRY.get_sample_value("xsd_webhook_delivery_seconds_count") or 0
+    deliver(rt, record.id)
+    assert len(webhook_receiver.wait_for(1)) == 1
+    assert REGISTRY.get_sample_value("xsd_webhook_delivery_seconds_count") - before == 1

@@ -34,6 +34,7 @@ __all__ = [
     "XTOKENS_DEBITED",
     "XTOKENS_REFUNDED",
     "GPU_IDLE",
+    "WARMUP_SECONDS",
     "QueueDepthCollector",
     "GpuCollector",
     "register_once",
@@ -100,6 +101,11 @@ WEBHOOK_GIVE_UPS = Counter("xsd_webhook_give_ups", "Webhooks abandoned after ret
 XTOKENS_DEBITED = Counter("xsd_xtokens_debited", "xTokens debited at POST")
 XTOKENS_REFUNDED = Counter("xsd_xtokens_refunded", "xTokens refunded")
 GPU_IDLE = Counter("xsd_gpu_idle_seconds", "Time a GPU worker waited for work between batches")
+WARMUP_SECONDS = Gauge(
+    "xsd_warmup_seconds",
+    "How long a GPU worker's start-up warm-up (XSD_WARMUP_SIZES) took, per model",
+    ["model"],
+)
 
 
 class QueueDepthCollector(Collector):

@@ -19,7 +19,8 @@ COPY scheduler /src/scheduler
 COPY pipeline /src/pipeline
 COPY storage /src/storage
 COPY benchmarks /src/benchmarks
-RUN /opt/xsd/bin/pip install "/src[inference]"
+# quantize: torchao for XSD_QUANTIZE (a few MB).
+RUN /opt/xsd/bin/pip install "/src[inference,quantize]"
 
 FROM python:${PYTHON_VERSION}-slim
 COPY --from=build /opt/xsd /opt/xsd

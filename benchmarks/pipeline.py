@@ -56,7 +56,18 @@ if TYPE_CHECKING:
 
     from pipeline import GenerationRequest, ImageGenerator
 
-__all__ = ["MLPERF_H100_IMAGES_PER_SECOND", "build_generator", "main", "parse_sizes", "run"]
+__all__ = [
+    "MLPERF_H100_IMAGES_PER_SECOND",
+    "add_acceleration_arguments",
+    "build_generator",
+    "difference",
+    "generate",
+    "machine_info",
+    "main",
+    "parse_sizes",
+    "requests_for",
+    "run",
+]
 
 # MLPerf Inference SDXL (offline), best per-GPU H100 result: TensorRT, FP8.
 MLPERF_H100_IMAGES_PER_SECOND = 2.04
@@ -104,11 +115,13 @@ def build_generator(args: argparse.Namespace) -> ImageGenerator:
         attention=args.attention,
         compile=args.compile,
         channels_last=args.channels_last,
+        quantize=args.quantize,
+        vae_dtype=args.vae_dtype,
     )
     return load_generator(spec, device=args.device, acceleration=options)
 
 
-def _requests(
+def requests_for(
     generator: ImageGenerator, count: int, size: tuple[int, int], *, steps: int, guidance: float
 ) -> list[GenerationRequest]:
     """``count`` distinct one-image requests; the first is the same at every batch size."""
@@ -129,7 +142,7 @@ def _requests(
     ]
 
 
-def _generate(generator: ImageGenerator, requests: list[GenerationRequest]) -> list[Image.Image]:
+def generate(generator: ImageGenerator, requests: list[GenerationRequest]) -> list[Image.Image]:
     """One batch, synchronised; the first image of every request."""
     import torch
 
@@ -147,7 +160,7 @@ def _generate(generator: ImageGenerator, requests: list[GenerationRequest]) -> l
     return images
 
 
-def _difference(alone: Image.Image, batched: Image.Image) -> dict[str, float | None]:
+def difference(alone: Image.Image, batched: Image.Image) -> dict[str, float | None]:
     """Largest per-channel difference (1/255 units) and PSNR (dB; None if identical)."""
     a = np.asarray(alone.convert("RGB"), dtype=np.float64)
     b = np.asarray(batched.convert("RGB"), dtype=np.float64)
@@ -181,7 +194,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _machine(generator: ImageGenerator) -> dict[str, Any]:
+def machine_info(generator: ImageGenerator) -> dict[str, Any]:
+    """What the figures were measured on: device, versions, the generator's options."""
     import diffusers
     import torch
 
@@ -219,18 +233,18 @@ def run(
     cuda = generator.pipeline.device.type == "cuda"
     results: list[dict[str, Any]] = []
     for size in sizes:
-        requests = _requests(generator, max(batch_sizes), size, steps=steps, guidance=guidance)
+        requests = requests_for(generator, max(batch_sizes), size, steps=steps, guidance=guidance)
         alone: Image.Image | None = None
         for batch in batch_sizes:
             if cuda:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             for _ in range(warmup):
-                _generate(generator, requests[:batch])
+                generate(generator, requests[:batch])
             timings = []
             for _ in range(repeats):
                 started = time.perf_counter()
-                images = _generate(generator, requests[:batch])
+                images = generate(generator, requests[:batch])
                 timings.append(time.perf_counter() - started)
             memory = _peak_memory(cuda)
             if batch == 1:
@@ -238,8 +252,8 @@ def run(
             invariance = None
             if batch > 1:
                 if alone is None:
-                    (alone,) = _generate(generator, requests[:1])
-                invariance = _difference(alone, images[0])
+                    (alone,) = generate(generator, requests[:1])
+                invariance = difference(alone, images[0])
             seconds_per_image = sum(timings) / (repeats * batch)
             results.append(
                 {
@@ -258,7 +272,7 @@ def run(
     for result in results:
         result["relative_to_first_size"] = result["seconds_per_image"] / first[result["batch_size"]]
     figures: dict[str, Any] = {
-        "machine": _machine(generator),
+        "machine": machine_info(generator),
         "settings": {
             "model": generator.spec.alias,
             "steps": steps,
@@ -315,6 +329,45 @@ def table(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_acceleration_arguments(parser: argparse.ArgumentParser) -> None:
+    """The worker's device options (``XSD_DTYPE`` and the others) as arguments."""
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "float16", "bfloat16", "float32"),
+        default="auto",
+        help="As XSD_DTYPE (auto: float16 on CUDA, else float32).",
+    )
+    parser.add_argument(
+        "--attention", choices=("sdpa", "xformers"), default="sdpa", help="As XSD_ATTENTION."
+    )
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        choices=("off", "dynamic", "static"),
+        default="off",
+        const="dynamic",
+        help="torch.compile the UNet, as XSD_COMPILE (alone: dynamic).",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels_last UNet on CUDA (as XSD_CHANNELS_LAST).",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8", "fp8"),
+        default="none",
+        help="The UNet's linear layers in 8 bits, as XSD_QUANTIZE.",
+    )
+    parser.add_argument(
+        "--vae-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="As XSD_VAE_DTYPE.",
+    )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry; returns the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -333,24 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=[(1024, 1024)],
         help="Output WIDTHxHEIGHT, comma-separated; later sizes are compared with the first.",
     )
-    parser.add_argument(
-        "--dtype",
-        choices=("auto", "float16", "bfloat16", "float32"),
-        default="auto",
-        help="As XSD_DTYPE (auto: float16 on CUDA, else float32).",
-    )
-    parser.add_argument(
-        "--attention", choices=("sdpa", "xformers"), default="sdpa", help="As XSD_ATTENTION."
-    )
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the UNet (as XSD_COMPILE)."
-    )
-    parser.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="channels_last UNet on CUDA (as XSD_CHANNELS_LAST).",
-    )
+    add_acceleration_arguments(parser)
     parser.add_argument("--warmup", type=int, default=1, help="Untimed batches per config.")
     parser.add_argument("--repeats", type=int, default=2, help="Timed batches per config.")
     parser.add_argument("--json", type=Path, default=None, help="Write the figures here.")

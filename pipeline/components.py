@@ -73,12 +73,15 @@ class Components:
     # The IP-Adapter; None for weights that come without one (references then fail).
     references: ReferenceModels | None = None
 
-    def to(self, device: torch.device, dtype: torch.dtype) -> Components:
-        """Move every module; the VAE stays float32 (SDXL's VAE overflows in fp16)."""
+    def to(
+        self, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype = torch.float32
+    ) -> Components:
+        """Move every module; the VAE to ``vae_dtype`` (float32 by default: SDXL's VAE
+        overflows in float16)."""
         modules = [(self.unet, dtype), (self.text_encoder, dtype), (self.text_encoder_2, dtype)]
         if self.references is not None:
             modules.append((self.references, dtype))
-        for module, wanted in [*modules, (self.vae, torch.float32)]:
+        for module, wanted in [*modules, (self.vae, vae_dtype)]:
             # Cast only when needed: diffusers warns on every dtype cast through `to()`.
             if module.dtype != wanted:
                 module.to(dtype=wanted)

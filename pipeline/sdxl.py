@@ -180,12 +180,15 @@ class SDXLPipeline:
         consistency: ConsistencyConfig | None = None,
         acceleration: Acceleration | None = None,
     ):
-        self.components = components.to(device, dtype)
+        self.acceleration = acceleration or Acceleration()
+        self.components = components.to(device, dtype, self.acceleration.vae_torch_dtype())
         self.device, self.dtype = device, dtype
         self.encoder = PromptEncoder(self.components, device=device)
         unet = self.components.unet
+        # Each UNet call starts a new CUDA graph run, whose outputs may overwrite the last
+        # run's: a call's output is consumed before the next call.
+        self._graph_runs = self.acceleration.compile == "static" and device.type == "cuda"
         # The kernel first: the reference and frame processors wrap the one they find.
-        self.acceleration = acceleration or Acceleration()
         prepare_unet(unet, self.acceleration, device)
         # Reference and frame attention: installed once, steered per call by the context.
         self.attention = AttentionContext()
@@ -314,6 +317,8 @@ class SDXLPipeline:
         self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning
     ) -> torch.Tensor:
         """One guided UNet evaluation for a batch of (already scaled) latents."""
+        if self._graph_runs:
+            torch.compiler.cudagraph_mark_step_begin()
         with self._attention_state(cond, latents, timestep):
             noise = self.components.unet(
                 torch.cat([latents, latents]),
@@ -418,12 +423,13 @@ class SDXLPipeline:
     def decode_pixels(self, latents: torch.Tensor) -> torch.Tensor:
         """One sample's latents ``[4, h, w]`` to float32 pixels ``[3, H, W]`` in [-1, 1]."""
         vae = self.components.vae
-        return vae.decode(latents[None].float() / vae.config.scaling_factor).sample[0].clamp(-1, 1)
+        scaled = latents[None].to(vae.dtype) / vae.config.scaling_factor
+        return vae.decode(scaled).sample[0].float().clamp(-1, 1)
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Float pixels ``[3, H, W]`` in [-1, 1] to one sample's (scaled) latents."""
         vae = self.components.vae
-        moments = vae.encode(pixels[None].float()).latent_dist
+        moments = vae.encode(pixels[None].to(vae.dtype)).latent_dist
         return (moments.mode()[0] * vae.config.scaling_factor).to(self.dtype)
 
     @torch.inference_mode()

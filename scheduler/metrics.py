@@ -40,6 +40,7 @@ __all__ = [
     "XTOKENS_DEBITED",
     "XTOKENS_REFUNDED",
     "GPU_IDLE",
+    "WARMUP_SECONDS",
     "QueueDepthCollector",
     "InFlightCollector",
     "GpuCollector",
@@ -141,6 +142,11 @@ WEBHOOK_DELIVERY = Histogram(
     "xsd_webhook_delivery_seconds",
     "Time of one webhook delivery attempt, rendering the body included",
     buckets=_STAGE_BUCKETS,
+)
+WARMUP_SECONDS = Gauge(
+    "xsd_warmup_seconds",
+    "How long a GPU worker's start-up warm-up (XSD_WARMUP_SIZES) took, per model",
+    ["model"],
 )
 
 

@@ -13,12 +13,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "URL_TTL_SECONDS_DEFAULT"]
 
 URL_TTL_SECONDS_DEFAULT = 23 * 3600
+
+_BOOLEAN_COMPILE = {"true": "dynamic", "1": "dynamic", "false": "off", "0": "off"}
 
 
 class Settings(BaseSettings):
@@ -55,10 +57,34 @@ class Settings(BaseSettings):
     attention: Literal["sdpa", "xformers"] = Field(
         "sdpa", description="Attention kernel on CUDA; xformers needs the xformers extra."
     )
-    compile: bool = Field(
-        False, description="torch.compile the UNet on CUDA (slow first batches, faster after)."
+    compile: Literal["off", "dynamic", "static"] = Field(
+        "off",
+        description="torch.compile the UNet: off; dynamic (one graph for every shape, slow "
+        "first batches); static (one graph per bucket and batch size, CUDA graphs on CUDA; a "
+        "new shape compiles on first use, so list the expected ones in XSD_WARMUP_SIZES). "
+        "true and false read as dynamic and off.",
     )
     channels_last: bool = Field(True, description="channels_last UNet layout on CUDA.")
+    quantize: Literal["none", "int8", "fp8"] = Field(
+        "none",
+        description="The UNet's linear layers in 8 bits (torchao, the `quantize` extra): int8 "
+        "on any device; fp8 on CUDA GPUs of compute capability 8.9+ (Ada, Hopper) only. Pays "
+        "off compiled (XSD_COMPILE).",
+    )
+    vae_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="VAE precision. bfloat16 has float32's range; float16 only with a VAE "
+        "fixed for it (SDXL's own overflows to black images).",
+    )
+    warmup_sizes: str = Field(
+        "",
+        description="Output sizes WIDTHxHEIGHT, comma-separated, that a GPU worker generates "
+        "once at start, at every XSD_WARMUP_BATCH_SIZES, before it is ready and takes jobs: "
+        "compiles their shapes (buckets, refinement tiles). Empty: no warm-up.",
+    )
+    warmup_batch_sizes: str = Field(
+        "1", description="Images per warm-up pass, comma-separated (see XSD_WARMUP_SIZES)."
+    )
     stand_in_seconds_per_megapixel: float = Field(
         0.0,
         ge=0,
@@ -191,6 +217,26 @@ class Settings(BaseSettings):
     api_key_pepper: SecretStr | None = None
     url_signing_key: SecretStr | None = None
 
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_as_boolean(cls, value: object) -> object:
+        # XSD_COMPILE used to be a boolean: true still means dynamic shapes, false off.
+        if isinstance(value, bool):
+            return "dynamic" if value else "off"
+        return _BOOLEAN_COMPILE.get(str(value).strip().lower(), value)
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _sizes(cls, value: str) -> str:
+        _parse_sizes(value)
+        return value
+
+    @field_validator("warmup_batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, value: str) -> str:
+        _parse_batch_sizes(value)
+        return value
+
     @model_validator(mode="after")
     def _uploads_end_before_the_job(self) -> Settings:
         # A job whose uploads were still retried at its deadline would be failed (and
@@ -215,6 +261,14 @@ class Settings(BaseSettings):
     def objects_dir(self) -> Path:
         """Root of the local object store."""
         return self.data_dir / "objects"
+
+    def warmup_shapes(self) -> list[tuple[int, int]]:
+        """``XSD_WARMUP_SIZES`` as (width, height) pairs; empty for no warm-up."""
+        return _parse_sizes(self.warmup_sizes)
+
+    def warmup_batches(self) -> list[int]:
+        """``XSD_WARMUP_BATCH_SIZES`` as integers."""
+        return _parse_batch_sizes(self.warmup_batch_sizes)
 
     def metrics_interface(self) -> str:
         """Where workers and the beat serve their metrics and probes."""
@@ -254,3 +308,22 @@ class Settings(BaseSettings):
             finally:
                 scratch.unlink()
         return path.read_text(encoding="ascii").strip().encode()
+
+
+def _parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"1024x1024, 2048x2048"`` to ``[(1024, 1024), (2048, 2048)]``; empty to ``[]``."""
+    sizes = []
+    for part in filter(None, (part.strip().lower() for part in text.split(","))):
+        width, sep, height = part.partition("x")
+        if not (sep and width.isdigit() and height.isdigit() and int(width) and int(height)):
+            raise ValueError(f"sizes are WIDTHxHEIGHT, comma-separated; got {part!r}.")
+        sizes.append((int(width), int(height)))
+    return sizes
+
+
+def _parse_batch_sizes(text: str) -> list[int]:
+    """``"1,2,4"`` to ``[1, 2, 4]``: at least one, each at least 1."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise ValueError(f"batch sizes are integers of at least 1, comma-separated; got {text!r}.")
+    return [int(part) for part in parts]

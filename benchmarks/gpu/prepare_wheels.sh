@@ -25,6 +25,8 @@ WHEELS=(
     tokenizers==0.23.3
     urllib3==2.8.0
     pyyaml==6.0.4
+    # the `quantize` extra (the fp8-static step)
+    torchao==0.18.0
     # the lock: transformers 5 and diffusers 0.42 need huggingface-hub 1.3x or later, whose
     # HTTP client is httpx2; diffusers still imports requests.
     huggingface-hub==2.4.0

@@ -8,7 +8,10 @@
 # 2. Runs `python -m benchmarks.pipeline` once per step, most important figures first:
 #    fp16-eager, bf16-eager and fp16-compiled at the first size for every batch size, then
 #    each further size (2K, 4K output) at batch 1 against the first size, then
-#    bf16-compiled. Each step writes <step>.json and <step>.txt (its table and log).
+#    bf16-compiled, then the fast path (XSD_COMPILE=static with CUDA graphs, alone and
+#    with an fp8 UNet), which runs only with time left or when named in
+#    XSD_GPU_BENCH_ONLY. Each step writes <step>.json and <step>.txt (its table and log).
+#    The fast path's differences from float16 are `python -m benchmarks.fastpath`'s.
 # 3. Writes summary.json and summary.md (one Markdown table) from whatever finished.
 #
 # Every step has its own timeout and the whole run a budget (default 450 s, inside the
@@ -114,6 +117,10 @@ for size in "${LARGE[@]}"; do
 done
 step bf16-compiled 180 "bfloat16, torch.compile, $BASE_SIZE, batches $BATCHES" \
     --dtype bfloat16 --compile --batch-sizes "$BATCHES" --size "$BASE_SIZE"
+step fp16-static 180 "float16, static compile + CUDA graphs, $BASE_SIZE, batches $BATCHES" \
+    --dtype float16 --compile static --batch-sizes "$BATCHES" --size "$BASE_SIZE"
+step fp8-static 180 "float16, fp8 UNet linears, static compile, $BASE_SIZE, batches $BATCHES" \
+    --dtype float16 --quantize fp8 --compile static --batch-sizes "$BATCHES" --size "$BASE_SIZE"
 
 "$PYTHON" -m benchmarks.gpu.summary "$OUT"
 cat "$OUT/summary.md"

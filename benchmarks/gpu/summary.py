@@ -77,11 +77,15 @@ def markdown(merged: dict[str, Any]) -> str:
         figures = step["figures"]
         machine = figures["machine"]
         gpu = machine["device"].startswith("cuda")
-        compiled = "yes" if machine["acceleration"]["compile"] else "no"
+        options = machine["acceleration"]
+        compiled = "no" if options["compile"] == "off" else options["compile"]
+        dtype = machine["dtype"] + (
+            "" if options["quantize"] == "none" else f"+{options['quantize']}"
+        )
         for r in figures["results"]:
             diff, psnr, verdict = _invariance(r["invariance"], gpu)
             lines.append(
-                f"| {step['name']} | {machine['dtype']} | {compiled} | {r['size']} "
+                f"| {step['name']} | {dtype} | {compiled} | {r['size']} "
                 f"| {r['batch_size']} | {r['images_per_second']:.3f} "
                 f"| {r['seconds_per_image']:.3f} | {r['peak_memory']['bytes'] / 2**20:.0f} "
                 f"| {diff} | {psnr} | {verdict} | {r['relative_to_first_size']:.2f} |"

@@ -37,21 +37,24 @@ def expand_queues(spec: str, models: list[str]) -> list[str]:
 
 
 def _preload(runtime: Runtime, queues: list[str]) -> None:
-    """Load the models of these queues before consuming anything, so the first job does not
-    pay for it and a model that cannot load (missing weights, a missing package) stops the
-    worker with :data:`EXIT_MODEL_UNAVAILABLE` instead of holding jobs it cannot run."""
-    from ..stages.running import generator_for
+    """Load the models of these queues, and warm them up (``XSD_WARMUP_SIZES``), before
+    consuming anything and before /readyz says ready, so the first job does not pay for
+    it and a model that cannot load or run (missing weights, a missing package, a fast-path
+    option this GPU lacks) stops the worker with :data:`EXIT_MODEL_UNAVAILABLE` instead of
+    holding jobs it cannot run."""
+    from ..stages.running import generator_for, warm_up
 
     for alias in runtime.registry.aliases():
         if not any(q in queues for q in gpu_queues([alias])):
             continue
         try:
             generator_for(runtime, alias)
+            warm_up(runtime, alias)
         except Exception as exc:
-            log.critical("cannot load the model %s", alias, exc_info=True)
+            log.critical("cannot load or warm up the model %s", alias, exc_info=True)
             print(
-                f"xsd worker: the model {alias} could not be loaded ({type(exc).__name__}: "
-                f"{exc}); exiting before taking any job.",
+                f"xsd worker: the model {alias} could not be loaded or warmed up "
+                f"({type(exc).__name__}: {exc}); exiting before taking any job.",
                 file=sys.stderr,
                 flush=True,
             )

@@ -38,9 +38,13 @@ from .uploading import Uploader
 if TYPE_CHECKING:
     from pipeline import ImageGenerator
 
-__all__ = ["run_batch", "generator_for"]
+__all__ = ["WARMUP_STEPS", "run_batch", "generator_for", "warm_up"]
 
 log = logging.getLogger(__name__)
+
+# Denoising steps of a warm-up pass: the shapes do not depend on the count, and with CUDA
+# graphs a shape's first call runs it, the second records its graph, the third replays.
+WARMUP_STEPS = 3
 
 _generators: dict[str, ImageGenerator] = {}
 _generators_lock = threading.Lock()
@@ -73,8 +77,52 @@ def _load(spec: pipeline.ModelSpec, settings: Settings) -> ImageGenerator:
             attention=settings.attention,
             compile=settings.compile,
             channels_last=settings.channels_last,
+            quantize=settings.quantize,
+            vae_dtype=settings.vae_dtype,
         ),
     )
+
+
+def warm_up(runtime: Runtime, alias: str) -> float | None:
+    """Generate once at every ``XSD_WARMUP_SIZES`` x ``XSD_WARMUP_BATCH_SIZES``, so the
+    shapes of those passes (their bucket, their refinement tiles) are compiled before the
+    first job; returns the seconds it took (None without warm-up sizes), which it also
+    logs and exports. Raises what the generator raises: a worker that cannot run its
+    expected passes should not take jobs."""
+    settings = runtime.settings
+    sizes = settings.warmup_shapes()
+    if not sizes:
+        return None
+    generator = generator_for(runtime, alias)
+    started = time.monotonic()
+    for width, height in sizes:
+        for batch in settings.warmup_batches():
+            requests = [
+                pipeline.GenerationRequest(
+                    request_id=f"warmup_{index}",
+                    model=alias,
+                    prompt="warm-up",
+                    width=width,
+                    height=height,
+                    seeds=(index,),
+                    guidance_scale=5.0,
+                    steps=WARMUP_STEPS,
+                )
+                for index in range(batch)
+            ]
+            for outcome in generator.generate_batch(requests):
+                if isinstance(outcome, PipelineError):
+                    raise outcome
+    seconds = time.monotonic() - started
+    metrics.WARMUP_SECONDS.labels(alias).set(seconds)
+    log.info(
+        "warmed up %s in %.1f s: sizes %s, batch sizes %s",
+        alias,
+        seconds,
+        settings.warmup_sizes,
+        settings.warmup_batch_sizes,
+    )
+    return seconds
 
 
 def _stand_in(alias: str, seconds_per_megapixel: float) -> ImageGenerator:

@@ -39,6 +39,7 @@ METRICS = {
     "xsd_gpu_memory_total_bytes",
     "xsd_gpu_utilization_ratio",
     "xsd_gpu_idle_seconds_total",
+    "xsd_warmup_seconds",
 }
 
 # PromQL words that are not metric names.

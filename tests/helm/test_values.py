@@ -105,6 +105,7 @@ def test_every_setting_reaches_the_processes(render) -> None:
         "device": "cuda:0",
         "publicBaseUrl": "https://api.example.net",
         "spoolDir": "/data/spool",
+        "warmupSizes": "1024x1024",
     }
     signer = {"s3Signing": {"accessKeyId": "AKIASIGNER", "secretAccessKey": "s"}}
     manifests = render(merged(GPU_KEDA_MONITORING, config=optional, secrets=signer))

@@ -178,6 +178,14 @@ class JobStore:
         data = self._redis.hgetall(keys.job(job_id))
         return JobRecord.from_hash(data) if data else None
 
+    def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Each job's record, None where there is none, in one round trip (a GPU worker
+        reads a whole batch between two passes)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(keys.job(job_id))
+        return [JobRecord.from_hash(data) if data else None for data in pipe.execute()]
+
     def get_owned(self, account: str, job_id: str) -> JobRecord:
         """The record if it belongs to ``account``; another account's reads as absent."""
         record = self.get(job_id) if job_id.startswith("req_") else None

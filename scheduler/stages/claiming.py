@@ -168,14 +168,28 @@ def claim_all(
     jobs its messages named. A job queued twice runs once: a pick takes it out of its queue.
     """
     lease_ms = runtime.settings.lease_seconds * 1000
+    labels: dict[str, str] = {}  # account -> its class, read once a batch
     for queue, tokens in _tokens(runtime, job_ids).items():
-        for job_id, attempt in runtime.jobs.pick(queue, tokens, lease_ms=lease_ms):
+        picked = runtime.jobs.pick(queue, tokens, lease_ms=lease_ms)
+        for job_id, attempt in picked:
             leases.hold(job_id, attempt)
-            record = runtime.jobs.get(job_id)
+        try:
+            # The GPU waits while a batch is claimed: its records come in one round trip.
+            records = runtime.jobs.get_many([job_id for job_id, _ in picked])
+        except Exception:
+            # Not renewed, their leases lapse and the beat hands them out again; renewed,
+            # they would stay processing with nobody working on them.
+            for job_id, _ in picked:
+                leases.release(job_id)
+            raise
+        for (job_id, attempt), record in zip(picked, records, strict=True):
             if record is None or record.width is None or record.height is None:
                 leases.release(job_id)
                 continue
-            _ready(runtime, leases, Claimed(Job.claimed(runtime, record, attempt)), claimed)
+            if record.account not in labels:
+                labels[record.account] = runtime.accounts.share(record.account).label
+            job = Claimed(Job.claimed(runtime, record, attempt))
+            _ready(runtime, leases, job, claimed, account_class=labels[record.account])
 
 
 def _tokens(runtime: Runtime, job_ids: Sequence[str]) -> dict[str, int]:
@@ -189,15 +203,22 @@ def _tokens(runtime: Runtime, job_ids: Sequence[str]) -> dict[str, int]:
     return tokens
 
 
-def _ready(runtime: Runtime, leases: LeaseKeeper, job: Claimed, claimed: list[Claimed]) -> None:
+def _ready(
+    runtime: Runtime,
+    leases: LeaseKeeper,
+    job: Claimed,
+    claimed: list[Claimed],
+    *,
+    account_class: str,
+) -> None:
     """Record a claimed job's wait and load its references."""
     record = job.record
     assert record.width is not None and record.height is not None
     claimed.append(job)
     waited = (runtime.jobs.now_ms() - record.created_ms) / 1000
-    metrics.QUEUE_WAIT.labels(
-        size_class(record.width, record.height), runtime.accounts.share(record.account).label
-    ).observe(waited)
+    metrics.QUEUE_WAIT.labels(size_class(record.width, record.height), account_class).observe(
+        waited
+    )
     try:
         job.request = _request_for(runtime, record)
     except (ObjectNotFound, PipelineError) as exc:

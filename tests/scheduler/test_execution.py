@@ -167,6 +167,22 @@ def test_an_unexpected_exception_while_claiming_fails_what_was_claimed(
     assert balance(runtime) == 1000
 
 
+def test_jobs_picked_but_never_read_are_not_held(runtime: Runtime, monkeypatch) -> None:
+    """Redis fails between the pick and the reading of the records: the picked jobs'
+    leases are let go (to lapse, so the beat hands them out again), not renewed forever."""
+    import scheduler.stages.running as running
+
+    def broken(job_ids):
+        raise ConnectionError("Redis went away")
+
+    monkeypatch.setattr(runtime.jobs, "get_many", broken)
+    job = accept(runtime, 10)
+    run_batch(runtime, [job])
+    leases = running._state(runtime).leases
+    assert not leases.holds(job)
+    assert runtime.jobs.get(job).status is JobStatus.PROCESSING  # its lease will lapse
+
+
 def test_an_unexpected_exception_while_encoding_fails_the_job(
     runtime: Runtime, monkeypatch
 ) -> None:

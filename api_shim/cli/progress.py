@@ -31,7 +31,8 @@ def describe(record: dict[str, Any], *, bar: bool) -> str:
     a bar when ``bar``), or nothing more than its status."""
     status = record["status"]
     queue = record.get("queue")
-    if status == "queued" and queue:
+    # The position is null while the job is still being prepared: nothing to say yet.
+    if status == "queued" and queue and queue.get("position") is not None:
         text = f"position {queue['position']} in the queue"
         if queue.get("estimatedStartAt"):
             text += f", starts ~{queue['estimatedStartAt']}"

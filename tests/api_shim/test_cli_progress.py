@@ -31,6 +31,8 @@ def test_queue_position_and_steps_are_described() -> None:
     assert describe(QUEUED, bar=False) == (
         "position 3 in the queue, starts ~2026-12-01T14:05:00.000Z"
     )
+    unrouted = {**QUEUED, "queue": {"position": None, "estimatedStartAt": None}}
+    assert describe(unrouted, bar=True) == ""
     assert describe({**QUEUED, "queue": {"position": 1, "estimatedStartAt": None}}, bar=True) == (
         "position 1 in the queue"
     )

@@ -65,7 +65,10 @@ def test_xsd_generate_prints_plain_lines_off_a_terminal(stack: Stack, tmp_path: 
     assert "\r" not in err and "\x1b" not in err, "nothing redraws off a terminal"
     lines = err.splitlines()
     job_id = saved.name.rsplit("_", 1)[0]
-    assert re.fullmatch(rf"{job_id}  queued +[\d.]+ s", lines[0]), lines
+    # Queued: its place once the prepare stage has routed it, nothing more before.
+    assert re.fullmatch(rf"{job_id}  queued +(position \d+ in the queue.* +)?[\d.]+ s", lines[0]), (
+        lines
+    )
     steps = [
         int(match[1])
         for line in lines

@@ -40,6 +40,12 @@ METRICS = {
     "xsd_gpu_utilization_ratio",
     "xsd_gpu_idle_seconds_total",
     "xsd_warmup_seconds",
+    "xsd_claim_seconds_bucket",
+    "xsd_upload_backlog_wait_seconds_bucket",
+    "xsd_png_encode_seconds_bucket",
+    "xsd_spool_write_seconds_bucket",
+    "xsd_record_success_seconds_bucket",
+    "xsd_webhook_delivery_seconds_bucket",
 }
 
 # PromQL words that are not metric names.

@@ -56,8 +56,8 @@ def event_id(view: dict[str, Any]) -> str:
     """The digest of what a client watches in ``view``: equal ids, nothing new."""
     watched = {name: view.get(name) for name in _WATCHED}
     watched["position"] = (view.get("queue") or {}).get("position")
-    watched = json.dumps(watched, sort_keys=True)
-    return hashlib.sha256(watched.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(watched, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def _event(name: str, data: dict[str, Any], ident: str | None = None) -> bytes:
